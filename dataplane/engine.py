@@ -1,0 +1,303 @@
+"""The dataplane facade: everything above the Cython engine talks to this.
+
+`Dataplane.open()` creates the TAP (one queue per worker) and attaches it to
+the bridge, opens the UDP sockets, probes which offloads the kernel and the
+sockets accept, and builds the engine; `close()` removes what it created.
+Netlink work goes through pyroute2 rather than parsing `ip` output.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+
+from pyroute2 import IPRoute
+
+from dataplane import _core
+
+log = logging.getLogger("weavefast.dataplane")
+
+# Wire format overhead: outer IP + UDP + weavefast header + record header + inner Ethernet.
+UDP_HEADER = 8
+IPV4_HEADER = 20
+IPV6_HEADER = 40
+FRAME_OVERHEAD = _core.HEADER_LEN + _core.RECORD_HDR_LEN + 14
+MIN_MTU = 576
+
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+SOCKET_BUFFER = 7 * 1024 * 1024   # wireguard-go found ~7 MB the sweet spot
+DEFAULT_ROUTE_PROBE = "192.0.2.1"  # TEST-NET-1: a route lookup only, nothing is sent
+
+
+class RouterError(Exception):
+    """A problem the user can fix; the message names the fix."""
+
+
+@dataclass
+class DataplaneConfig:
+    peer_id: int
+    port: int = 6783
+    bind: str = "::"
+    bridge: str = "weavefast"
+    tap: str | None = None
+    mtu: int | None = None
+    underlay_mtu: int | None = None
+    fdb_capacity: int = 8192
+    fdb_max_age: int = 300
+    workers: int = 1
+    batch: int = 64
+    offloads: dict = field(default_factory=lambda: dict(
+        tap_csum=True, tap_tso=True, tap_uso=True, udp_gso=True, udp_gro=True))
+
+    @property
+    def tap_name(self) -> str:
+        return self.tap or f"wf-{self.bridge}"[:15]
+
+
+class Dataplane:
+    def __init__(self, config: DataplaneConfig):
+        self.config = config
+        self.engine: _core.Engine | None = None
+        self.offloads: dict[str, bool] = {}
+        self.mtu = 0
+        self.max_payload = 0
+        self._taps: list[int] = []
+        self._socks: list[socket.socket] = []
+        self._created_bridge = False
+        self._family = socket.AF_INET6
+
+    # --- set-up and tear-down ---
+
+    def open(self, peer_hosts: list[str] = ()) -> None:
+        """peer_hosts: numeric addresses of the peers known at start (they size the MTU)."""
+        cfg = self.config
+        if os.geteuid() != 0:
+            raise RouterError("weavefast router must run as root: it creates a TAP device and a bridge (try sudo)")
+        if not os.path.exists("/dev/net/tun"):
+            raise RouterError("no /dev/net/tun: load the tun module (modprobe tun), or give the container --device /dev/net/tun")
+        try:
+            self._open_sockets()
+            underlay = cfg.underlay_mtu or underlay_mtu(peer_hosts)
+            self._size(underlay, ipv6_underlay=any(":" in h for h in peer_hosts))
+            self._open_taps()
+            self._attach()
+            self.engine = _core.Engine(
+                cfg.peer_id, list(zip(self._taps, (s.fileno() for s in self._socks))),
+                self.max_payload, self._family, udp_gso=self.offloads["udp_gso"],
+                fdb_capacity=cfg.fdb_capacity, fdb_max_age=cfg.fdb_max_age, batch=cfg.batch)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_sockets(self) -> None:
+        cfg = self.config
+        for _ in range(cfg.workers):
+            sock = self._bound_socket()
+            self._socks.append(sock)
+        sock = self._socks[0]
+        self.offloads["udp_gro"] = cfg.offloads.get("udp_gro", True) and all(
+            _try_setsockopt(s, SOL_UDP, UDP_GRO, 1) for s in self._socks)
+        self.offloads["udp_gso"] = cfg.offloads.get("udp_gso", True) and probe_udp_gso(sock)
+        for s in self._socks:
+            for opt, plain in ((getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF),
+                               (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF)):
+                if not _try_setsockopt(s, socket.SOL_SOCKET, opt, SOCKET_BUFFER):
+                    _try_setsockopt(s, socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+
+    def _bound_socket(self) -> socket.socket:
+        cfg = self.config
+        family = socket.AF_INET if ":" not in cfg.bind and cfg.bind else socket.AF_INET6
+        try:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+        except OSError:
+            family, cfg.bind = socket.AF_INET, "0.0.0.0"   # IPv6 disabled on this host
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+        self._family = family
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if cfg.workers > 1:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind((cfg.bind, cfg.port))
+        except OSError as e:
+            sock.close()
+            if e.errno == errno.EADDRINUSE:
+                raise RouterError(f"UDP port {cfg.port} is in use: stop the other router or choose another --port") from None
+            raise RouterError(f"cannot bind UDP {cfg.bind} port {cfg.port}: {e.strerror}") from None
+        return sock
+
+    def _size(self, underlay: int, ipv6_underlay: bool) -> None:
+        cfg = self.config
+        outer = UDP_HEADER + (IPV6_HEADER if ipv6_underlay else IPV4_HEADER)
+        largest = underlay - outer - FRAME_OVERHEAD
+        mtu = cfg.mtu or largest
+        if mtu < MIN_MTU:
+            raise RouterError(f"MTU {mtu} is too small: use at least {MIN_MTU} (the underlay's MTU is {underlay})")
+        if mtu > largest:
+            raise RouterError(f"MTU {mtu} is too large for the underlay's {underlay}: use --mtu {largest} or less, "
+                              "so that no container packet needs fragmenting")
+        self.mtu = mtu
+        self.max_payload = mtu + FRAME_OVERHEAD
+
+    def _open_taps(self) -> None:
+        cfg = self.config
+        for _ in range(cfg.workers):
+            try:
+                fd, _name = _core.tap_open(cfg.tap_name, multi_queue=cfg.workers > 1)
+            except OSError as e:
+                raise RouterError(f"cannot create TAP {cfg.tap_name}: {e.strerror} "
+                                  "(is another router using it? choose --tap)") from None
+            self._taps.append(fd)
+        wanted = {"tap_csum": _core.OFFLOAD_CSUM,
+                  "tap_tso": _core.OFFLOAD_TSO4 | _core.OFFLOAD_TSO6 | _core.OFFLOAD_TSO_ECN,
+                  "tap_uso": _core.OFFLOAD_USO4 | _core.OFFLOAD_USO6}
+        flags = 0
+        for name, bits in wanted.items():
+            on = cfg.offloads.get(name, True) and (name == "tap_csum" or self.offloads.get("tap_csum"))
+            if on:
+                on = all(_try_offload(fd, flags | bits) for fd in self._taps)
+            self.offloads[name] = bool(on)
+            if on:
+                flags |= bits
+        for fd in self._taps:
+            _core.tap_set_offload(fd, flags)
+
+    def _attach(self) -> None:
+        cfg = self.config
+        with IPRoute() as ipr:
+            bridges = ipr.link_lookup(ifname=cfg.bridge)
+            if not bridges:
+                ipr.link("add", ifname=cfg.bridge, kind="bridge")
+                self._created_bridge = True
+                bridges = ipr.link_lookup(ifname=cfg.bridge)
+            bridge = bridges[0]
+            tap = ipr.link_lookup(ifname=cfg.tap_name)[0]
+            ipr.link("set", index=tap, mtu=self.mtu, master=bridge)
+            if self._created_bridge:
+                ipr.link("set", index=bridge, mtu=self.mtu)
+            ipr.link("set", index=tap, state="up")
+            ipr.link("set", index=bridge, state="up")
+
+    def start(self) -> None:
+        self.engine.start()
+
+    def close(self) -> None:
+        """Stops forwarding and removes the TAP (and the bridge if we made it)."""
+        if self.engine is not None:
+            self.engine.stop()
+            self.engine = None
+        for fd in self._taps:
+            _core.close_fd(fd)   # a non-persistent TAP vanishes with its last fd
+        self._taps.clear()
+        for s in self._socks:
+            s.close()
+        self._socks.clear()
+        if self._created_bridge:
+            with IPRoute() as ipr:
+                for index in ipr.link_lookup(ifname=self.config.bridge):
+                    ipr.link("del", index=index)
+            self._created_bridge = False
+
+    # --- the control plane's levers ---
+
+    def add_peer(self, peer_id: int, host: str, port: int) -> None:
+        self.engine.add_peer(peer_id, host, port)
+
+    def remove_peer(self, peer_id: int) -> None:
+        self.engine.remove_peer(peer_id)
+
+    def set_peer_address(self, peer_id: int, host: str, port: int) -> None:
+        self.engine.set_peer_address(peer_id, host, port)
+
+    def set_peer_up(self, peer_id: int, up: bool) -> None:
+        self.engine.set_peer_up(peer_id, up)
+
+    def set_route(self, dst_peer: int, via_peer: int | None) -> None:
+        self.engine.set_route(dst_peer, via_peer)
+
+    def counters(self) -> dict[str, int]:
+        return self.engine.counters()
+
+    def drops(self) -> dict[str, int]:
+        return self.engine.drops()
+
+    def peer_counters(self) -> dict[int, dict[str, int]]:
+        return self.engine.peer_counters()
+
+    def fdb_entries(self) -> list[dict]:
+        return [{"mac": ":".join(f"{b:02x}" for b in mac), "vlan": vlan, "peer": peer, "age": age}
+                for mac, vlan, peer, age in self.engine.fdb_entries()]
+
+    def fdb_size(self) -> int:
+        return self.engine.fdb_size()
+
+    def fdb_expire(self) -> int:
+        return self.engine.fdb_expire()
+
+    @property
+    def control_fd(self) -> int:
+        return self.engine.control_fd
+
+    def recv_control(self) -> list[tuple[int, tuple[str, int], bytes]]:
+        return self.engine.recv_control()
+
+    def send_control(self, payload: bytes, peer_id: int = 0, addr: tuple[str, int] | None = None) -> None:
+        self.engine.send_control(payload, peer_id, addr)
+
+    def status_offloads(self) -> dict[str, bool]:
+        """Offloads in use now (UDP GSO turns itself off after an EIO)."""
+        live = dict(self.offloads)
+        if self.engine is not None:
+            live["udp_gso"] = self.engine.udp_gso
+        return live
+
+
+def _try_setsockopt(sock: socket.socket, level: int, opt: int, value: int) -> bool:
+    try:
+        sock.setsockopt(level, opt, value)
+        return True
+    except OSError:
+        return False
+
+
+def _try_offload(fd: int, flags: int) -> bool:
+    try:
+        _core.tap_set_offload(fd, flags)
+        return True
+    except OSError:
+        return False
+
+
+def probe_udp_gso(sock: socket.socket) -> bool:
+    """Sends two 8-byte segments to a throwaway local socket in one GSO send."""
+    family = sock.family
+    with socket.socket(family, socket.SOCK_DGRAM) as sink, socket.socket(family, socket.SOCK_DGRAM) as src:
+        loop = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+        try:
+            sink.bind((loop, 0))
+            src.sendmsg([b"\0" * 16], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", 8))], 0, sink.getsockname()[:2])
+            return True
+        except OSError:
+            return False
+
+
+def underlay_mtu(peer_hosts) -> int:
+    """MTU of the device that leads to the first peer (or of the default route)."""
+    with IPRoute() as ipr:
+        for host in list(peer_hosts) + [DEFAULT_ROUTE_PROBE]:
+            try:
+                routes = ipr.route("get", dst=host)
+            except Exception:
+                continue
+            for route in routes:
+                oif = route.get_attr("RTA_OIF")
+                if oif:
+                    links = ipr.get_links(oif)
+                    if links and links[0].get_attr("IFLA_IFNAME") != "lo":
+                        return links[0].get_attr("IFLA_MTU")
+    return 1500

@@ -1,0 +1,357 @@
+"""Pure-Python reference of the weavefast wire format and forwarding rules.
+
+This module is the executable specification of docs/ARCHITECTURE.md ("Wire
+format, version 1" and "Forwarding"). It exposes exactly the API of the Cython
+core (`dataplane._core`), and the unit tests run every case against both, so a
+behaviour of the core that differs from this module is a bug in one of them.
+It favours clarity over speed and is never on the data path.
+"""
+import struct
+from collections import namedtuple
+
+MAGIC = 0x5746  # "WF"
+VERSION = 1
+HEADER_LEN = 24
+RECORD_HDR_LEN = 4
+FRAG_HDR_LEN = 8
+VNET_HDR_LEN = 10
+TYPE_FRAMES = 1
+TYPE_FRAGMENT = 2
+TYPE_CONTROL = 3
+RFLAG_VNET = 0x01
+MAX_HOPS = 16
+
+ETH_HLEN = 14
+ETH_P_8021Q = 0x8100
+VLAN_TAGGED_HLEN = 18  # destination, source, 0x8100, TCI, inner ethertype
+MAX_REASSEMBLED_LEN = 262144
+MAX_RECORD_LEN = 0xFFFF  # the record length field is a u16
+MAX_RECORDS_PER_DATAGRAM = 63  # the core sends a datagram as at most 64 iovecs
+
+# magic, version, type, flags, hops, key_id, src_peer, dst_peer, seq
+_HEADER = struct.Struct("!HBBBBHIIQ")
+# length of what follows, rflags, reserved
+_RECORD_HDR = struct.Struct("!HBB")
+# total_len, offset
+_FRAG_HDR = struct.Struct("!II")
+assert _HEADER.size == HEADER_LEN
+assert _RECORD_HDR.size == RECORD_HDR_LEN
+assert _FRAG_HDR.size == FRAG_HDR_LEN
+
+_KNOWN_TYPES = (TYPE_FRAMES, TYPE_FRAGMENT, TYPE_CONTROL)
+
+
+class MalformedDatagram(ValueError):
+    """A datagram or frame that must be dropped; `reason` names the drop counter."""
+
+    def __init__(self, reason, detail=""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+Datagram = namedtuple(
+    "Datagram",
+    "type flags hops key_id src_peer dst_peer seq records fragment control")
+
+
+def encode_header(type, src_peer, dst_peer, seq, hops=0, key_id=0, flags=0):
+    """The 24-byte datagram header."""
+    return _HEADER.pack(MAGIC, VERSION, type, flags, hops, key_id,
+                        src_peer, dst_peer, seq)
+
+
+def _encode_record(rflags, payload):
+    if len(payload) > MAX_RECORD_LEN:
+        raise ValueError(f"record of {len(payload)} bytes exceeds the u16 length field")
+    return _RECORD_HDR.pack(len(payload), rflags, 0) + bytes(payload)
+
+
+def encode_datagrams(src_peer, dst_peer, seq, records, max_payload):
+    """Pack `(rflags, payload)` records, in order, into datagrams of at most
+    `max_payload` bytes (header included).
+
+    Records are packed greedily into FRAMES datagrams of at most 63 records,
+    one seq each, counting up from `seq`. A record too large for a datagram of
+    its own is sent alone as FRAGMENT datagrams sharing one seq; the FRAMES
+    datagram being filled before it is closed first, so the order of records
+    is kept.
+    """
+    frames_room = max_payload - HEADER_LEN
+    chunk_room = max_payload - HEADER_LEN - FRAG_HDR_LEN
+    if chunk_room < 1:
+        raise ValueError(f"max_payload {max_payload} leaves no room for data")
+    datagrams = []
+    pending = []  # encoded records of the FRAMES datagram being filled
+    pending_len = 0
+
+    def close_frames():
+        nonlocal seq, pending_len
+        if pending:
+            datagrams.append(encode_header(TYPE_FRAMES, src_peer, dst_peer, seq)
+                             + b"".join(pending))
+            seq += 1
+            pending.clear()
+            pending_len = 0
+
+    for rflags, payload in records:
+        record = _encode_record(rflags, payload)
+        if len(record) > frames_room:
+            close_frames()
+            header = encode_header(TYPE_FRAGMENT, src_peer, dst_peer, seq)
+            for offset in range(0, len(record), chunk_room):
+                datagrams.append(header + _FRAG_HDR.pack(len(record), offset)
+                                 + record[offset:offset + chunk_room])
+            seq += 1
+            continue
+        if (pending_len + len(record) > frames_room
+                or len(pending) == MAX_RECORDS_PER_DATAGRAM):
+            close_frames()
+        pending.append(record)
+        pending_len += len(record)
+    close_frames()
+    return datagrams
+
+
+def _decode_records(payload):
+    """The `(rflags, payload)` records of a FRAMES payload."""
+    if not payload:
+        raise MalformedDatagram("bad_length", "FRAMES datagram without records")
+    records = []
+    pos = 0
+    while pos < len(payload):
+        if len(payload) - pos < RECORD_HDR_LEN:
+            raise MalformedDatagram("bad_length", "trailing bytes after the last record")
+        length, rflags, _reserved = _RECORD_HDR.unpack_from(payload, pos)
+        pos += RECORD_HDR_LEN
+        if pos + length > len(payload):
+            raise MalformedDatagram("bad_length", "record overruns the datagram")
+        minimum = ETH_HLEN + (VNET_HDR_LEN if rflags & RFLAG_VNET else 0)
+        if length < minimum:
+            raise MalformedDatagram("bad_length", f"record of {length} bytes, minimum {minimum}")
+        records.append((rflags, bytes(payload[pos:pos + length])))
+        pos += length
+    return records
+
+
+def _decode_fragment(payload):
+    """`(total_len, offset, chunk)` of a FRAGMENT payload."""
+    if len(payload) < FRAG_HDR_LEN:
+        raise MalformedDatagram("bad_fragment", "fragment header truncated")
+    total_len, offset = _FRAG_HDR.unpack_from(payload)
+    chunk = bytes(payload[FRAG_HDR_LEN:])
+    if not chunk:
+        raise MalformedDatagram("bad_fragment", "empty fragment")
+    if total_len == 0 or total_len > MAX_REASSEMBLED_LEN:
+        raise MalformedDatagram("bad_fragment", f"total_len {total_len}")
+    if offset + len(chunk) > total_len:
+        raise MalformedDatagram("bad_fragment", "fragment ends past total_len")
+    return total_len, offset, chunk
+
+
+def decode_datagram(data):
+    """Parse one UDP payload into a Datagram; raise MalformedDatagram if invalid.
+
+    Flags, hops, key_id and peer ids are returned as they are: acting on them
+    (hop limit, unknown peers) is the router's business, not the parser's.
+    """
+    data = memoryview(data)
+    if len(data) < HEADER_LEN:
+        raise MalformedDatagram("short", f"{len(data)} bytes")
+    magic, version, type_, flags, hops, key_id, src_peer, dst_peer, seq = \
+        _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise MalformedDatagram("bad_magic", f"0x{magic:04x}")
+    if version != VERSION:
+        raise MalformedDatagram("bad_version", str(version))
+    if type_ not in _KNOWN_TYPES:
+        raise MalformedDatagram("bad_type", str(type_))
+    payload = data[HEADER_LEN:]
+    records = fragment = control = None
+    if type_ == TYPE_FRAMES:
+        records = _decode_records(payload)
+    elif type_ == TYPE_FRAGMENT:
+        fragment = _decode_fragment(payload)
+    else:
+        control = bytes(payload)
+    return Datagram(type_, flags, hops, key_id, src_peer, dst_peer, seq,
+                    records, fragment, control)
+
+
+class _Partial:
+    """A message being reassembled: its seq, expected length and bytes so far."""
+
+    def __init__(self, seq, total_len):
+        self.seq = seq
+        self.total_len = total_len
+        self.data = bytearray()
+        self.last_used = 0
+
+
+class Reassembler:
+    """Rebuilds FRAMES payloads from in-order FRAGMENT datagrams.
+
+    One message per peer is reassembled at a time, in at most `slots` slots.
+    `dropped` counts fragments that end in a drop: one out of order (its offset
+    is not the number of bytes held for its seq, none when nothing is held) or
+    inconsistent with the message, and a new message that replaces an
+    unfinished one of the same peer or takes the least recently used slot.
+    """
+
+    def __init__(self, slots=16):
+        if slots < 1:
+            raise ValueError("slots must be at least 1")
+        self.slots = slots
+        self.dropped = 0
+        self._partials = {}  # src_peer -> _Partial
+        self._clock = 0  # orders uses of the partials, to reuse the oldest
+
+    def feed(self, src_peer, seq, total_len, offset, chunk):
+        """Add one fragment, as decode_datagram returns it (offset + len(chunk)
+        <= total_len); return the whole FRAMES payload once complete."""
+        self._clock += 1
+        partial = self._partials.get(src_peer)
+        if partial is None or partial.seq != seq:
+            if offset != 0:
+                self.dropped += 1  # the start of this message was lost or dropped
+                return None
+            if partial is not None:
+                self._drop(src_peer)  # a new seq replaces the unfinished message
+            if len(chunk) == total_len:
+                return bytes(chunk)
+            if len(self._partials) >= self.slots:
+                self._drop(min(self._partials, key=lambda p: self._partials[p].last_used))
+            partial = self._partials[src_peer] = _Partial(seq, total_len)
+        elif offset != len(partial.data) or total_len != partial.total_len:
+            self._drop(src_peer)
+            return None
+        partial.data += chunk
+        partial.last_used = self._clock
+        if len(partial.data) < total_len:
+            return None
+        del self._partials[src_peer]
+        return bytes(partial.data)
+
+    def _drop(self, src_peer):
+        del self._partials[src_peer]
+        self.dropped += 1
+
+
+def _is_multicast(mac):
+    """True for group addresses (broadcast included): bit 0 of the first byte."""
+    return bool(mac[0] & 0x01)
+
+
+def _frame_addresses(frame):
+    """`(destination MAC, source MAC, VLAN)` of an Ethernet frame."""
+    if len(frame) < ETH_HLEN:
+        raise MalformedDatagram("bad_length", f"frame of {len(frame)} bytes")
+    dst, src = bytes(frame[0:6]), bytes(frame[6:12])
+    vlan = 0
+    # A frame too short for the whole tagged header counts as untagged.
+    if len(frame) >= VLAN_TAGGED_HLEN and int.from_bytes(frame[12:14], "big") == ETH_P_8021Q:
+        vlan = int.from_bytes(frame[14:16], "big") & 0x0FFF
+    return dst, src, vlan
+
+
+class ForwardingTable:
+    """MAC learning table: (MAC, VLAN) -> peer id, 0 meaning local (the TAP).
+
+    Fixed capacity in buckets of 4 entries; an entry is (key, peer, time in
+    whole seconds) or None for a free slot.
+    """
+
+    BUCKET_SIZE = 4
+    _HASH_MULTIPLIER = 0x9E3779B97F4A7C15
+
+    def __init__(self, capacity=8192, max_age=300):
+        self.capacity = max(self.BUCKET_SIZE, 1 << (max(capacity, 1) - 1).bit_length())
+        self.max_age = max_age
+        self._buckets = [[None] * self.BUCKET_SIZE
+                         for _ in range(self.capacity // self.BUCKET_SIZE)]
+
+    @staticmethod
+    def _key(mac, vlan):
+        if len(mac) != 6:
+            raise ValueError(f"a MAC address is 6 bytes, got {len(mac)}")
+        return ((vlan & 0x0FFF) << 48) | int.from_bytes(mac, "big")
+
+    def _bucket_index(self, key):
+        mixed = (key * self._HASH_MULTIPLIER) % 2**64
+        return (mixed >> 32) & (len(self._buckets) - 1)
+
+    def _bucket(self, mac, vlan):
+        key = self._key(mac, vlan)
+        return key, self._buckets[self._bucket_index(key)]
+
+    def _expired(self, entry, now_s):
+        return now_s - entry[2] > self.max_age
+
+    def learn(self, mac, vlan, peer, now):
+        key, bucket = self._bucket(mac, vlan)
+        if _is_multicast(mac):
+            return
+        now_s = int(now)
+        bucket[self._slot_for(key, bucket, now_s)] = (key, peer, now_s)
+
+    def _slot_for(self, key, bucket, now_s):
+        """The key's own slot (a refresh), else a free one, else an expired
+        one, else the one of the bucket's oldest entry."""
+        for wanted in (lambda entry: entry is not None and entry[0] == key,
+                       lambda entry: entry is None,
+                       lambda entry: self._expired(entry, now_s)):
+            for i, entry in enumerate(bucket):
+                if wanted(entry):
+                    return i
+        return min(range(self.BUCKET_SIZE), key=lambda i: bucket[i][2])
+
+    def lookup(self, mac, vlan, now):
+        key, bucket = self._bucket(mac, vlan)
+        for entry in bucket:
+            if entry is not None and entry[0] == key:
+                return None if self._expired(entry, int(now)) else entry[1]
+        return None
+
+    def _remove_where(self, condition):
+        removed = 0
+        for bucket in self._buckets:
+            for i, entry in enumerate(bucket):
+                if entry is not None and condition(entry):
+                    bucket[i] = None
+                    removed += 1
+        return removed
+
+    def expire(self, now):
+        now_s = int(now)
+        return self._remove_where(lambda entry: self._expired(entry, now_s))
+
+    def flush_peer(self, peer):
+        return self._remove_where(lambda entry: entry[1] == peer)
+
+    def __len__(self):
+        """Entries held, aged ones included until expire() removes them."""
+        return sum(entry is not None for bucket in self._buckets for entry in bucket)
+
+    def entries(self, now):
+        """Entries held, as (mac, vlan, peer, age in seconds), aged ones included
+        until expire() removes them."""
+        now_s = int(now)
+        return [((key & 0xFFFFFFFFFFFF).to_bytes(6, "big"), key >> 48, peer, now_s - learned)
+                for bucket in self._buckets
+                for key, peer, learned in filter(None, bucket)]
+
+    def route_from_tap(self, frame, peers_up, now):
+        """Learn the source as local; return the peers the frame goes to."""
+        dst, src, vlan = _frame_addresses(frame)
+        self.learn(src, vlan, 0, now)
+        if not _is_multicast(dst):
+            peer = self.lookup(dst, vlan, now)
+            if peer == 0:
+                return []  # hairpin: the destination is behind our own TAP
+            if peer is not None and peer in peers_up:
+                return [peer]
+        return list(peers_up)
+
+    def learn_from_peer(self, frame, src_peer, now):
+        """Learn the source of a frame received from `src_peer`."""
+        _dst, src, vlan = _frame_addresses(frame)
+        self.learn(src, vlan, src_peer, now)

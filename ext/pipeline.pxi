@@ -1,0 +1,913 @@
+# ===========================================================================
+# The forwarding pipeline.
+#
+# Each worker owns one TAP queue and one UDP socket and runs two native
+# threads that never touch the GIL or call Python:
+#
+#   TX: read a batch of frames from the TAP (super-frames with their
+#       virtio-net header) -> classify each with the forwarding table (learn
+#       the source, find the destination peer or flood) -> emit records into
+#       per-peer datagrams, in place in the arena's headroom -> one sendmmsg
+#       (super-frames as FRAGMENT datagrams in UDP GSO sends).
+#   RX: one recvmmsg (UDP GRO: several datagrams per buffer) -> split into
+#       datagrams -> validate; FRAMES: write each frame to the TAP; FRAGMENT:
+#       reassemble, then write the super-frame whole; CONTROL: queue for
+#       Python; datagrams for another peer: relay -> learn sources, queue
+#       control messages and publish counters under the lock once.
+#
+# Shared state (forwarding table, peer table, control queue) sits behind one
+# mutex that a thread takes once per batch. Threads read peers from a private
+# view, copied again only when the table's generation changes. Counters are
+# accumulated in locals and published once per batch into per-thread arrays;
+# Python sums them when asked, without stopping the threads.
+# ===========================================================================
+
+cdef enum:
+    MAX_BATCH = 256
+    MAX_WORKERS = 16
+    CTRL_SLOTS = 64
+    CTRL_MAX = 1500
+    RX_CONTROL_MAX = 64
+    LEARN_MAX = 1024
+    REASM_SLOTS = 16
+    POLL_MS = 1000
+
+cdef enum:  # counters
+    C_TAP_RX_FRAMES
+    C_TAP_RX_BYTES
+    C_TAP_TX_FRAMES
+    C_TAP_TX_BYTES
+    C_UDP_RX_DATAGRAMS
+    C_UDP_RX_BYTES
+    C_UDP_TX_DATAGRAMS
+    C_UDP_TX_BYTES
+    C_FLOODED_FRAMES
+    C_RELAYED_DATAGRAMS
+    C_SUPER_FRAMES_TX
+    C_SUPER_FRAMES_RX
+    C_CONTROL_RX
+    C_TX_BATCHES
+    C_RX_BATCHES
+    C_GSO_FALLBACKS
+    C_COUNT
+
+COUNTER_NAMES = ("tap_rx_frames", "tap_rx_bytes", "tap_tx_frames", "tap_tx_bytes",
+                 "udp_rx_datagrams", "udp_rx_bytes", "udp_tx_datagrams", "udp_tx_bytes",
+                 "flooded_frames", "relayed_datagrams", "super_frames_tx", "super_frames_rx",
+                 "control_rx", "tx_batches", "rx_batches", "gso_fallbacks")
+
+cdef enum:
+    N_STATS = C_COUNT + WF_DROP_COUNT
+
+cdef enum:  # per-peer counters
+    P_TX_FRAMES
+    P_TX_BYTES
+    P_RX_FRAMES
+    P_RX_BYTES
+    P_COUNT
+
+PEER_COUNTER_NAMES = ("tx_frames", "tx_bytes", "rx_frames", "rx_bytes")
+
+
+cdef struct Peer:
+    uint32_t id
+    int used
+    int up
+    int via                       # slot of the relay, -1 = direct
+    sockaddr_storage addr
+    socklen_t addrlen
+    uint8_t template[WF_HEADER_LEN]
+    uint64_t stats[P_COUNT]
+
+
+cdef struct PeerView:
+    uint64_t generation
+    unsigned count
+    uint32_t ids[MAX_PEERS]       # 0 = free slot
+    int hop[MAX_PEERS]            # slot whose address gets the datagram, -1 = unreachable
+    uint8_t templates[MAX_PEERS][WF_HEADER_LEN]
+    int flood[MAX_PEERS]
+    unsigned nflood
+
+
+cdef struct CtrlMsg:
+    uint32_t src
+    sockaddr_storage addr
+    socklen_t addrlen
+    unsigned len
+    uint8_t data[CTRL_MAX]
+
+
+cdef struct Shared:
+    pthread_mutex_t lock
+    wf_fdb fdb
+    Peer peers[MAX_PEERS]
+    unsigned peer_count           # slots [0, peer_count) may be used
+    uint64_t generation
+    uint32_t local_peer
+    int stop
+    int stop_efd
+    int control_efd
+    unsigned max_payload
+    int gso
+    unsigned batch
+    CtrlMsg ctrl[CTRL_SLOTS]
+    unsigned ctrl_head
+    unsigned ctrl_len
+
+
+cdef struct Learned:
+    uint64_t key
+    uint32_t peer
+
+
+cdef struct RxControl:
+    const uint8_t *data
+    unsigned len
+    uint32_t src
+    unsigned name
+
+
+cdef struct Worker:
+    Shared *sh
+    int tap_fd
+    int udp_fd
+    pthread_t tx_thread
+    pthread_t rx_thread
+    int tx_running
+    int rx_running
+    uint64_t tx_stats[N_STATS]
+    uint64_t rx_stats[N_STATS]
+    # TX
+    Arena tx_arena
+    size_t tx_lens[MAX_BATCH]
+    Out *tx_out
+    PeerView tx_view
+    uint64_t tx_seq
+    uint64_t tx_peer[MAX_PEERS][2]
+    # RX
+    Arena rx_arena
+    mmsghdr rx_msgs[MAX_BATCH]
+    iovec rx_iovs[MAX_BATCH]
+    sockaddr_storage rx_names[MAX_BATCH]
+    uint8_t rx_cmsgs[MAX_BATCH][CMSG_BUF]
+    Out *relay_out
+    PeerView rx_view
+    wf_reasm reasm
+    Learned learned[LEARN_MAX]
+    unsigned nlearned
+    RxControl rx_control[RX_CONTROL_MAX]
+    unsigned nrx_control
+    uint64_t rx_peer[MAX_PEERS][2]
+
+
+cdef inline uint32_t now_seconds() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
+    return <uint32_t>ts.tv_sec
+
+
+# --- peer views ------------------------------------------------------------
+
+cdef void view_refresh(Shared *sh, PeerView *v, Out *o) noexcept nogil:
+    """Copies the peer table (caller holds the lock) into a thread's view."""
+    cdef unsigned s
+    cdef Peer *p
+    cdef int via
+    v.count = sh.peer_count
+    v.nflood = 0
+    for s in range(v.count):
+        p = &sh.peers[s]
+        v.ids[s] = p.id if p.used else 0
+        v.hop[s] = -1
+        if not (p.used and p.up):
+            continue
+        memcpy(v.templates[s], p.template, WF_HEADER_LEN)
+        memcpy(&o.names[s], &p.addr, p.addrlen)
+        o.namelens[s] = p.addrlen
+        via = p.via
+        if via < 0:
+            v.hop[s] = s
+        elif sh.peers[via].used and sh.peers[via].up and sh.peers[via].via < 0:
+            v.hop[s] = via
+    for s in range(v.count):
+        if v.hop[s] >= 0:
+            v.flood[v.nflood] = s
+            v.nflood += 1
+    v.generation = sh.generation
+
+
+cdef inline void view_sync(Shared *sh, PeerView *v, Out *o, bint locked) noexcept nogil:
+    if v.generation == wf_load_acquire(&sh.generation):
+        return
+    if not locked:
+        pthread_mutex_lock(&sh.lock)
+    view_refresh(sh, v, o)
+    if not locked:
+        pthread_mutex_unlock(&sh.lock)
+
+
+cdef inline int view_slot(PeerView *v, uint32_t peer_id) noexcept nogil:
+    cdef unsigned s
+    for s in range(v.count):
+        if v.ids[s] == peer_id:
+            return s
+    return -1
+
+
+cdef void publish(uint64_t *dst, uint64_t *local) noexcept nogil:
+    cdef unsigned i
+    for i in range(N_STATS):
+        if local[i]:
+            wf_count(&dst[i], local[i])
+
+
+cdef void publish_peers(Shared *sh, uint64_t (*acc)[2], unsigned count, int base) noexcept nogil:
+    cdef unsigned s
+    for s in range(count):
+        if acc[s][0]:
+            wf_count(&sh.peers[s].stats[base], acc[s][0])
+            wf_count(&sh.peers[s].stats[base + 1], acc[s][1])
+            acc[s][0] = 0
+            acc[s][1] = 0
+
+
+# --- TX: TAP -> peers ------------------------------------------------------
+
+cdef void tx_flush(Worker *w, Emitter *e, uint64_t *st) noexcept nogil:
+    cdef int err = out_flush(w.tx_out, w.udp_fd, &st[C_UDP_TX_DATAGRAMS], &st[C_UDP_TX_BYTES],
+                             &st[C_COUNT + WF_DROP_UDP_SEND])
+    if err == EIO and e.gso:
+        # The egress device cannot checksum GSO segments: plain sends from now on.
+        w.sh.gso = 0
+        e.gso = 0
+        st[C_GSO_FALLBACKS] += 1
+
+
+cdef inline void tx_emit(Worker *w, Emitter *e, uint64_t *st, PeerView *v, int slot,
+                         uint8_t *rec, unsigned n) noexcept nogil:
+    if emit_record(e, slot, v.hop[slot], v.templates[slot], rec, n):
+        tx_flush(w, e, st)
+        emit_record(e, slot, v.hop[slot], v.templates[slot], rec, n)
+    w.tx_peer[slot][0] += 1
+    w.tx_peer[slot][1] += n
+
+
+cdef unsigned tx_batch(Worker *w) noexcept nogil:
+    cdef Shared *sh = w.sh
+    cdef PeerView *v = &w.tx_view
+    cdef uint64_t st[N_STATS]
+    cdef Emitter e
+    cdef int err, slot, last_slot = -1
+    cdef unsigned n, i, k, rlen
+    cdef size_t flen, elen
+    cdef uint8_t *frame
+    cdef uint8_t *eth
+    cdef uint8_t *rec
+    cdef virtio_net_hdr *vh
+    cdef bint has_vnet
+    cdef int64_t route, last_route = -3
+    cdef uint64_t last_gen = 0
+    cdef uint32_t now
+    n = tap_read_batch(w.tap_fd, &w.tx_arena, w.tx_lens, sh.batch, &err)
+    if n == 0:
+        return 0
+    memset(st, 0, sizeof(st))
+    now = now_seconds()
+    e.out = w.tx_out
+    e.max_payload = sh.max_payload
+    e.gso = sh.gso
+    e.seq = w.tx_seq
+    pthread_mutex_lock(&sh.lock)
+    view_sync(sh, v, w.tx_out, True)
+    for i in range(n):
+        frame = arena_slot(&w.tx_arena, i)
+        flen = w.tx_lens[i]
+        if flen < WF_VNET_HDR_LEN + WF_ETH_HLEN:
+            st[C_COUNT + WF_DROP_BAD_LENGTH] += 1
+            continue
+        vh = <virtio_net_hdr *>frame
+        has_vnet = vh.flags != 0 or vh.gso_type != 0
+        eth = frame + WF_VNET_HDR_LEN
+        elen = flen - WF_VNET_HDR_LEN
+        st[C_TAP_RX_FRAMES] += 1
+        st[C_TAP_RX_BYTES] += elen
+        if vh.gso_type:
+            st[C_SUPER_FRAMES_TX] += 1
+        route = fdb_route(&sh.fdb, eth, elen, now)
+        if route == ROUTE_HAIRPIN:
+            st[C_COUNT + WF_DROP_HAIRPIN] += 1
+            continue
+        # The record header goes into the headroom just in front of what is sent.
+        rec = (frame if has_vnet else eth) - WF_RECORD_HDR_LEN
+        rlen = flen if has_vnet else elen
+        if rlen > 0xffff:
+            st[C_COUNT + WF_DROP_OVERSIZE] += 1
+            continue
+        wf_put_record_header(rec, rlen, WF_RFLAG_VNET if has_vnet else 0)
+        if route >= 0:
+            # Same destination as the last frame and nothing changed: skip the peer search.
+            if route == last_route and last_gen == sh.fdb.generation:
+                slot = last_slot
+            else:
+                slot = view_slot(v, <uint32_t>route)
+                last_route, last_slot, last_gen = route, slot, sh.fdb.generation
+            if slot >= 0 and v.hop[slot] >= 0:
+                tx_emit(w, &e, st, v, slot, rec, rlen + WF_RECORD_HDR_LEN)
+                continue
+        if v.nflood == 0:
+            st[C_COUNT + WF_DROP_NO_PEER] += 1
+            continue
+        st[C_FLOODED_FRAMES] += 1
+        for k in range(v.nflood):
+            tx_emit(w, &e, st, v, v.flood[k], rec, rlen + WF_RECORD_HDR_LEN)
+    w.tx_seq = e.seq
+    pthread_mutex_unlock(&sh.lock)
+    tx_flush(w, &e, st)
+    st[C_TX_BATCHES] += 1
+    publish(w.tx_stats, st)
+    publish_peers(sh, w.tx_peer, v.count, P_TX_FRAMES)
+    return n
+
+
+cdef void *tx_main(void *arg) noexcept nogil:
+    cdef Worker *w = <Worker *>arg
+    cdef pollfd fds[2]
+    fds[0].fd = w.tap_fd
+    fds[0].events = POLLIN
+    fds[1].fd = w.sh.stop_efd
+    fds[1].events = POLLIN
+    while not w.sh.stop:
+        if poll(fds, 2, POLL_MS) <= 0 or w.sh.stop:
+            continue
+        while tx_batch(w) == w.sh.batch and not w.sh.stop:
+            pass
+    return NULL
+
+
+# --- RX: peers -> TAP ------------------------------------------------------
+
+cdef void rx_apply(Worker *w) noexcept nogil:
+    """Learns sources and queues control messages: the one locked step of a batch."""
+    cdef Shared *sh = w.sh
+    cdef unsigned i, tail
+    cdef uint32_t now = now_seconds()
+    cdef RxControl *c
+    cdef CtrlMsg *m
+    cdef uint64_t one = 1
+    cdef bint signal = False
+    pthread_mutex_lock(&sh.lock)
+    for i in range(w.nlearned):
+        wf_fdb_learn(&sh.fdb, w.learned[i].key, w.learned[i].peer, now)
+    for i in range(w.nrx_control):
+        c = &w.rx_control[i]
+        if sh.ctrl_len == CTRL_SLOTS or c.len > CTRL_MAX:
+            w.rx_stats[C_COUNT + WF_DROP_CONTROL_QUEUE] += 1
+            continue
+        tail = (sh.ctrl_head + sh.ctrl_len) % CTRL_SLOTS
+        m = &sh.ctrl[tail]
+        m.src = c.src
+        m.len = c.len
+        memcpy(m.data, c.data, c.len)
+        m.addrlen = w.rx_msgs[c.name].msg_hdr.msg_namelen
+        memcpy(&m.addr, &w.rx_names[c.name], m.addrlen)
+        sh.ctrl_len += 1
+        signal = True
+    pthread_mutex_unlock(&sh.lock)
+    w.nlearned = 0
+    w.nrx_control = 0
+    if signal:
+        write(sh.control_efd, &one, sizeof(one))
+
+
+cdef void rx_deliver(Worker *w, const uint8_t *p, size_t n, uint32_t src_peer, int src_slot,
+                     uint64_t *st) noexcept nogil:
+    """Writes every record of a checked FRAMES payload to the TAP."""
+    cdef size_t off = 0, rlen, elen
+    cdef const uint8_t *data
+    cdef const uint8_t *eth
+    cdef bint has_vnet
+    while off < n:
+        rlen = wf_get16(p + off)
+        has_vnet = p[off + 2] & WF_RFLAG_VNET
+        data = p + off + WF_RECORD_HDR_LEN
+        off += WF_RECORD_HDR_LEN + rlen
+        eth = data + WF_VNET_HDR_LEN if has_vnet else data
+        elen = rlen - WF_VNET_HDR_LEN if has_vnet else rlen
+        if w.nlearned == LEARN_MAX:
+            rx_apply(w)
+        w.learned[w.nlearned].key = frame_key(eth + 6, eth, elen)
+        w.learned[w.nlearned].peer = src_peer
+        w.nlearned += 1
+        if tap_write_frame(w.tap_fd, data, rlen, has_vnet) < 0:
+            st[C_COUNT + WF_DROP_TAP_WRITE] += 1
+            continue
+        st[C_TAP_TX_FRAMES] += 1
+        st[C_TAP_TX_BYTES] += elen
+        if has_vnet and (<virtio_net_hdr *>data).gso_type:
+            st[C_SUPER_FRAMES_RX] += 1
+        w.rx_peer[src_slot][0] += 1
+        w.rx_peer[src_slot][1] += rlen
+
+
+cdef void rx_relay(Worker *w, uint8_t *p, size_t n, wf_header *h, uint64_t *st) noexcept nogil:
+    cdef PeerView *v = &w.rx_view
+    cdef Out *o = w.relay_out
+    cdef int slot
+    cdef unsigned m
+    if h.hops + 1 >= WF_MAX_HOPS:
+        st[C_COUNT + WF_DROP_HOP_LIMIT] += 1
+        return
+    slot = view_slot(v, h.dst_peer)
+    if slot < 0 or v.hop[slot] < 0:
+        st[C_COUNT + WF_DROP_NO_ROUTE] += 1
+        return
+    if not out_has_room(o, 1, 0):
+        out_flush(o, w.udp_fd, &st[C_UDP_TX_DATAGRAMS], &st[C_UDP_TX_BYTES],
+                  &st[C_COUNT + WF_DROP_UDP_SEND])
+    p[5] = h.hops + 1
+    m = out_new_msg(o, v.hop[slot], 1)
+    msg_append(o, m, p, n)
+    st[C_RELAYED_DATAGRAMS] += 1
+
+
+cdef void rx_datagram(Worker *w, uint8_t *p, size_t n, unsigned name, uint64_t *st) noexcept nogil:
+    cdef wf_header h
+    cdef int err, src_slot
+    cdef unsigned count
+    cdef uint32_t total, offset
+    cdef const uint8_t *whole
+    cdef uint32_t local = w.sh.local_peer
+    err = wf_get_header(p, n, &h)
+    if err:
+        st[C_COUNT + err] += 1
+        return
+    if h.type == WF_TYPE_CONTROL:
+        st[C_CONTROL_RX] += 1
+        if w.nrx_control == RX_CONTROL_MAX:
+            rx_apply(w)
+        w.rx_control[w.nrx_control].data = p + WF_HEADER_LEN
+        w.rx_control[w.nrx_control].len = n - WF_HEADER_LEN
+        w.rx_control[w.nrx_control].src = h.src_peer
+        w.rx_control[w.nrx_control].name = name
+        w.nrx_control += 1
+        return
+    src_slot = view_slot(&w.rx_view, h.src_peer)
+    if src_slot < 0 or h.src_peer == local:
+        st[C_COUNT + WF_DROP_UNKNOWN_PEER] += 1
+        return
+    if h.dst_peer != 0 and h.dst_peer != local:
+        rx_relay(w, p, n, &h, st)
+        return
+    if h.type == WF_TYPE_FRAMES:
+        err = wf_check_records(p + WF_HEADER_LEN, n - WF_HEADER_LEN, &count)
+        if err:
+            st[C_COUNT + err] += 1
+            return
+        rx_deliver(w, p + WF_HEADER_LEN, n - WF_HEADER_LEN, h.src_peer, src_slot, st)
+        return
+    err = wf_check_fragment(p + WF_HEADER_LEN, n - WF_HEADER_LEN, &total, &offset)
+    if err:
+        st[C_COUNT + err] += 1
+        return
+    whole = wf_reasm_feed(&w.reasm, h.src_peer, h.seq, total, offset, p + HDR_BLOCK,
+                          n - HDR_BLOCK, &st[C_COUNT + WF_DROP_REASSEMBLY])
+    if whole == NULL:
+        return
+    err = wf_check_records(whole, total, &count)
+    if err:
+        st[C_COUNT + err] += 1
+        return
+    rx_deliver(w, whole, total, h.src_peer, src_slot, st)
+
+
+cdef inline size_t gro_segment_size(msghdr *mh, size_t n) noexcept nogil:
+    """The UDP_GRO control message gives the size of the datagrams glued in one buffer."""
+    cdef cmsghdr *c = wf_cmsg_first(mh)
+    while c != NULL:
+        if c.cmsg_level == SOL_UDP and c.cmsg_type == UDP_GRO:
+            return (<int *>wf_cmsg_data(c))[0]
+        c = wf_cmsg_next(mh, c)
+    return n
+
+
+cdef unsigned rx_batch(Worker *w) noexcept nogil:
+    cdef Shared *sh = w.sh
+    cdef uint64_t st[N_STATS]
+    cdef unsigned i, batch = sh.batch
+    cdef int n
+    cdef size_t len, seg, off
+    cdef msghdr *mh
+    cdef uint8_t *buf
+    for i in range(batch):
+        mh = &w.rx_msgs[i].msg_hdr
+        w.rx_iovs[i].iov_base = arena_slot(&w.rx_arena, i)
+        w.rx_iovs[i].iov_len = FRAME_MAX
+        mh.msg_iov = &w.rx_iovs[i]
+        mh.msg_iovlen = 1
+        mh.msg_name = &w.rx_names[i]
+        mh.msg_namelen = sizeof(sockaddr_storage)
+        mh.msg_control = w.rx_cmsgs[i]
+        mh.msg_controllen = CMSG_BUF
+        mh.msg_flags = 0
+    n = recvmmsg(w.udp_fd, w.rx_msgs, batch, MSG_DONTWAIT, NULL)
+    if n <= 0:
+        return 0
+    memset(st, 0, sizeof(st))
+    view_sync(sh, &w.rx_view, w.relay_out, False)
+    for i in range(<unsigned>n):
+        mh = &w.rx_msgs[i].msg_hdr
+        buf = arena_slot(&w.rx_arena, i)
+        len = w.rx_msgs[i].msg_len
+        seg = gro_segment_size(mh, len)
+        if seg == 0:
+            seg = len
+        st[C_UDP_RX_BYTES] += len
+        off = 0
+        while off < len:
+            st[C_UDP_RX_DATAGRAMS] += 1
+            rx_datagram(w, buf + off, min(seg, len - off), i, st)
+            off += seg
+    if w.relay_out.nmsgs:
+        out_flush(w.relay_out, w.udp_fd, &st[C_UDP_TX_DATAGRAMS], &st[C_UDP_TX_BYTES],
+                  &st[C_COUNT + WF_DROP_UDP_SEND])
+    rx_apply(w)
+    st[C_RX_BATCHES] += 1
+    publish(w.rx_stats, st)
+    publish_peers(sh, w.rx_peer, w.rx_view.count, P_RX_FRAMES)
+    return n
+
+
+cdef void *rx_main(void *arg) noexcept nogil:
+    cdef Worker *w = <Worker *>arg
+    cdef pollfd fds[2]
+    fds[0].fd = w.udp_fd
+    fds[0].events = POLLIN
+    fds[1].fd = w.sh.stop_efd
+    fds[1].events = POLLIN
+    while not w.sh.stop:
+        if poll(fds, 2, POLL_MS) <= 0 or w.sh.stop:
+            continue
+        while rx_batch(w) == w.sh.batch and not w.sh.stop:
+            pass
+    return NULL
+
+
+# --- the Python-facing engine ----------------------------------------------
+
+cdef int make_sockaddr(int family, str host, int port, sockaddr_storage *ss,
+                       socklen_t *n) except -1:
+    cdef sockaddr_in *a4 = <sockaddr_in *>ss
+    cdef sockaddr_in6 *a6 = <sockaddr_in6 *>ss
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is not in 1..65535")
+    memset(ss, 0, sizeof(sockaddr_storage))
+    if family == AF_INET6 and ":" not in host:
+        host = "::ffff:" + host
+    raw = host.encode()
+    if family == AF_INET:
+        a4.sin_family = AF_INET
+        a4.sin_port = htons(port)
+        ok = inet_pton(AF_INET, raw, &a4.sin_addr)
+        n[0] = sizeof(sockaddr_in)
+    else:
+        a6.sin6_family = AF_INET6
+        a6.sin6_port = htons(port)
+        ok = inet_pton(AF_INET6, raw, &a6.sin6_addr)
+        n[0] = sizeof(sockaddr_in6)
+    if ok != 1:
+        raise ValueError(f"{host!r} is not a numeric address of this socket's family")
+    return 0
+
+
+cdef tuple sockaddr_tuple(sockaddr_storage *ss):
+    cdef char text[INET6_ADDRSTRLEN]
+    cdef sockaddr_in *a4 = <sockaddr_in *>ss
+    cdef sockaddr_in6 *a6 = <sockaddr_in6 *>ss
+    if ss.ss_family == AF_INET:
+        inet_ntop(AF_INET, &a4.sin_addr, text, sizeof(text))
+        return text.decode(), ntohs(a4.sin_port)
+    inet_ntop(AF_INET6, &a6.sin6_addr, text, sizeof(text))
+    host = text.decode()
+    return host[7:] if host.startswith("::ffff:") and "." in host else host, ntohs(a6.sin6_port)
+
+
+cdef class Engine:
+    """Forwarding threads between TAP queues and UDP sockets (one pair per worker)."""
+    cdef Shared *sh
+    cdef Worker *workers[MAX_WORKERS]
+    cdef int nworkers
+    cdef int family
+    cdef bint started
+
+    def __cinit__(self, uint32_t local_peer, workers, unsigned max_payload, int family,
+                  bint udp_gso=False, unsigned fdb_capacity=8192, unsigned fdb_max_age=300,
+                  unsigned batch=64):
+        if local_peer == 0:
+            raise ValueError("peer id 0 is reserved for the local side")
+        if not 1 <= batch <= MAX_BATCH:
+            raise ValueError(f"batch {batch} is not in 1..{MAX_BATCH}")
+        if not HDR_BLOCK + WF_RECORD_HDR_LEN + WF_ETH_HLEN <= max_payload <= 65507:
+            raise ValueError(f"max_payload {max_payload} is not in 50..65507")
+        if not 1 <= len(workers) <= MAX_WORKERS:
+            raise ValueError(f"1 to {MAX_WORKERS} workers, got {len(workers)}")
+        self.family = family
+        self.sh = <Shared *>calloc(1, sizeof(Shared))
+        if self.sh == NULL:
+            raise MemoryError()
+        pthread_mutex_init(&self.sh.lock, NULL)
+        self.sh.stop_efd = self.sh.control_efd = -1
+        if wf_fdb_init(&self.sh.fdb, fdb_capacity, fdb_max_age):
+            raise MemoryError()
+        self.sh.local_peer = local_peer
+        self.sh.max_payload = max_payload
+        self.sh.gso = udp_gso
+        self.sh.batch = batch
+        self.sh.generation = 1
+        self.sh.stop_efd = check_errno(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd")
+        self.sh.control_efd = check_errno(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd")
+        for tap_fd, udp_fd in workers:
+            w = self._new_worker(tap_fd, udp_fd, batch)
+            self.workers[self.nworkers] = w
+            self.nworkers += 1
+
+    cdef Worker *_new_worker(self, int tap_fd, int udp_fd, unsigned batch) except NULL:
+        cdef Worker *w = <Worker *>calloc(1, sizeof(Worker))
+        if w == NULL:
+            raise MemoryError()
+        w.sh = self.sh
+        w.tap_fd = tap_fd
+        w.udp_fd = udp_fd
+        w.tx_seq = <uint64_t>self.nworkers << 56
+        w.tx_out = out_alloc()
+        w.relay_out = out_alloc()
+        if (arena_init(&w.tx_arena, batch) or arena_init(&w.rx_arena, batch)
+                or w.tx_out == NULL or w.relay_out == NULL
+                or wf_reasm_init(&w.reasm, REASM_SLOTS)):
+            free_worker(w)
+            raise MemoryError()
+        return w
+
+    def __dealloc__(self):
+        self._stop_threads()
+        for i in range(self.nworkers):
+            free_worker(self.workers[i])
+        if self.sh != NULL:
+            wf_fdb_free(&self.sh.fdb)
+            for fd in (self.sh.stop_efd, self.sh.control_efd):
+                if fd >= 0:
+                    close(fd)
+            pthread_mutex_destroy(&self.sh.lock)
+            free(self.sh)
+
+    def start(self):
+        """Starts the forwarding threads (two per worker)."""
+        cdef Worker *w
+        if self.started:
+            raise RuntimeError("engine already started")
+        self.started = True
+        for i in range(self.nworkers):
+            w = self.workers[i]
+            if pthread_create(&w.tx_thread, NULL, tx_main, w) != 0:
+                raise RuntimeError("cannot start a forwarding thread")
+            w.tx_running = 1
+            if pthread_create(&w.rx_thread, NULL, rx_main, w) != 0:
+                raise RuntimeError("cannot start a forwarding thread")
+            w.rx_running = 1
+
+    def stop(self):
+        """Stops and joins the forwarding threads; the engine cannot be restarted."""
+        self._stop_threads()
+
+    cdef void _stop_threads(self):
+        cdef uint64_t one = 1
+        cdef Worker *w
+        if self.sh == NULL:
+            return
+        self.sh.stop = 1
+        write(self.sh.stop_efd, &one, sizeof(one))
+        for i in range(self.nworkers):
+            w = self.workers[i]
+            with nogil:
+                if w.tx_running:
+                    pthread_join(w.tx_thread, NULL)
+                if w.rx_running:
+                    pthread_join(w.rx_thread, NULL)
+            w.tx_running = w.rx_running = 0
+
+    # --- peers (the control plane's levers) ---
+
+    cdef int _slot(self, uint32_t peer_id):
+        for s in range(self.sh.peer_count):
+            if self.sh.peers[s].used and self.sh.peers[s].id == peer_id:
+                return s
+        return -1
+
+    cdef int _slot_or_raise(self, uint32_t peer_id) except -1:
+        cdef int s = self._slot(peer_id)
+        if s < 0:
+            raise KeyError(f"no peer with id {peer_id}")
+        return s
+
+    cdef void _changed(self):
+        wf_store_release(&self.sh.generation, self.sh.generation + 1)
+
+    def add_peer(self, uint32_t peer_id, str host, int port):
+        """Adds (or readdresses) a peer; it is up until set_peer_up(False)."""
+        cdef sockaddr_storage ss
+        cdef socklen_t n
+        cdef wf_header h
+        cdef Peer *p
+        cdef int s
+        if peer_id == 0 or peer_id == self.sh.local_peer:
+            raise ValueError(f"peer id {peer_id} is reserved or our own")
+        make_sockaddr(self.family, host, port, &ss, &n)
+        pthread_mutex_lock(&self.sh.lock)
+        try:
+            s = self._slot(peer_id)
+            if s < 0:
+                for s in range(MAX_PEERS):
+                    if not self.sh.peers[s].used:
+                        break
+                else:
+                    raise OverflowError(f"at most {MAX_PEERS} peers")
+                p = &self.sh.peers[s]
+                memset(p, 0, sizeof(Peer))
+                p.id = peer_id
+                p.used = p.up = 1
+                p.via = -1
+                h.type = WF_TYPE_FRAMES
+                h.flags = h.hops = h.key_id = 0
+                h.src_peer = self.sh.local_peer
+                h.dst_peer = peer_id
+                h.seq = 0
+                wf_put_header(p.template, &h)
+                self.sh.peer_count = max(self.sh.peer_count, <unsigned>s + 1)
+            p = &self.sh.peers[s]
+            memcpy(&p.addr, &ss, n)
+            p.addrlen = n
+            self._changed()
+        finally:
+            pthread_mutex_unlock(&self.sh.lock)
+
+    def set_peer_address(self, uint32_t peer_id, str host, int port):
+        cdef sockaddr_storage ss
+        cdef socklen_t n
+        make_sockaddr(self.family, host, port, &ss, &n)
+        pthread_mutex_lock(&self.sh.lock)
+        try:
+            s = self._slot_or_raise(peer_id)
+            memcpy(&self.sh.peers[s].addr, &ss, n)
+            self.sh.peers[s].addrlen = n
+            self._changed()
+        finally:
+            pthread_mutex_unlock(&self.sh.lock)
+
+    def remove_peer(self, uint32_t peer_id):
+        """Forgets a peer, the MACs learned on it, and routes through it."""
+        pthread_mutex_lock(&self.sh.lock)
+        try:
+            s = self._slot_or_raise(peer_id)
+            self.sh.peers[s].used = 0
+            for r in range(self.sh.peer_count):
+                if self.sh.peers[r].via == s:
+                    self.sh.peers[r].via = -1
+            wf_fdb_sweep(&self.sh.fdb, 0, peer_id)
+            self._changed()
+        finally:
+            pthread_mutex_unlock(&self.sh.lock)
+
+    def set_peer_up(self, uint32_t peer_id, bint up):
+        pthread_mutex_lock(&self.sh.lock)
+        try:
+            s = self._slot_or_raise(peer_id)
+            self.sh.peers[s].up = up
+            self._changed()
+        finally:
+            pthread_mutex_unlock(&self.sh.lock)
+
+    def set_route(self, uint32_t dst_peer, via_peer=None):
+        """Sends frames for dst_peer through via_peer (None: directly)."""
+        pthread_mutex_lock(&self.sh.lock)
+        try:
+            s = self._slot_or_raise(dst_peer)
+            self.sh.peers[s].via = -1 if via_peer is None else self._slot_or_raise(via_peer)
+            self._changed()
+        finally:
+            pthread_mutex_unlock(&self.sh.lock)
+
+    # --- observation ---
+
+    def counters(self):
+        """Totals since start: frames, bytes, batches per direction."""
+        return {name: v for name, v in zip(COUNTER_NAMES, self._sum_stats()[:C_COUNT])}
+
+    def drops(self):
+        """Dropped frames and datagrams by reason."""
+        return {name: v for name, v in zip(DROP_REASONS[1:], self._sum_stats()[C_COUNT + 1:])}
+
+    cdef list _sum_stats(self):
+        totals = [0] * N_STATS
+        cdef Worker *w
+        for i in range(self.nworkers):
+            w = self.workers[i]
+            for k in range(N_STATS):
+                totals[k] += wf_load(&w.tx_stats[k]) + wf_load(&w.rx_stats[k])
+        return totals
+
+    def peer_counters(self):
+        result = {}
+        pthread_mutex_lock(&self.sh.lock)
+        for s in range(self.sh.peer_count):
+            if self.sh.peers[s].used:
+                result[self.sh.peers[s].id] = {
+                    name: wf_load(&self.sh.peers[s].stats[k])
+                    for k, name in enumerate(PEER_COUNTER_NAMES)}
+        pthread_mutex_unlock(&self.sh.lock)
+        return result
+
+    @property
+    def udp_gso(self):
+        """Whether super-frames still go out with UDP GSO (off after an EIO)."""
+        return bool(self.sh.gso)
+
+    def fdb_entries(self):
+        pthread_mutex_lock(&self.sh.lock)
+        try:
+            return fdb_entries(&self.sh.fdb, now_seconds())
+        finally:
+            pthread_mutex_unlock(&self.sh.lock)
+
+    def fdb_expire(self):
+        """Removes aged-out MACs; returns how many."""
+        pthread_mutex_lock(&self.sh.lock)
+        n = wf_fdb_sweep(&self.sh.fdb, now_seconds(), -1)
+        pthread_mutex_unlock(&self.sh.lock)
+        return n
+
+    def fdb_size(self):
+        return self.sh.fdb.count
+
+    # --- control datagrams ---
+
+    @property
+    def control_fd(self):
+        """Readable (an eventfd) when recv_control() has something."""
+        return self.sh.control_efd
+
+    def recv_control(self):
+        """Drains the control queue: [(src_peer, (host, port), payload)]."""
+        cdef uint64_t ignored
+        cdef CtrlMsg *m
+        read(self.sh.control_efd, &ignored, sizeof(ignored))
+        result = []
+        pthread_mutex_lock(&self.sh.lock)
+        while self.sh.ctrl_len:
+            m = &self.sh.ctrl[self.sh.ctrl_head]
+            result.append((m.src, sockaddr_tuple(&m.addr), m.data[:m.len]))
+            self.sh.ctrl_head = (self.sh.ctrl_head + 1) % CTRL_SLOTS
+            self.sh.ctrl_len -= 1
+        pthread_mutex_unlock(&self.sh.lock)
+        return result
+
+    def send_control(self, bytes payload, uint32_t peer_id=0, addr=None):
+        """Sends a CONTROL datagram to a peer (its current address) or to addr=(host, port)."""
+        cdef sockaddr_storage ss
+        cdef socklen_t n
+        cdef wf_header h
+        cdef ssize_t r
+        if addr is not None:
+            make_sockaddr(self.family, addr[0], addr[1], &ss, &n)
+        else:
+            pthread_mutex_lock(&self.sh.lock)
+            s = self._slot(peer_id)
+            if s >= 0:
+                memcpy(&ss, &self.sh.peers[s].addr, self.sh.peers[s].addrlen)
+                n = self.sh.peers[s].addrlen
+            pthread_mutex_unlock(&self.sh.lock)
+            if s < 0:
+                raise KeyError(f"no peer with id {peer_id}")
+        h.type = WF_TYPE_CONTROL
+        h.flags = h.hops = h.key_id = 0
+        h.src_peer = self.sh.local_peer
+        h.dst_peer = peer_id
+        h.seq = 0
+        datagram = bytearray(WF_HEADER_LEN) + payload
+        cdef uint8_t *buf = datagram
+        wf_put_header(buf, &h)
+        cdef size_t size = len(datagram)
+        cdef int fd = self.workers[0].udp_fd
+        with nogil:
+            r = sendto(fd, buf, size, 0, <sockaddr *>&ss, n)
+        check_errno(r, "send control datagram")
+
+
+cdef void free_worker(Worker *w) noexcept nogil:
+    if w == NULL:
+        return
+    arena_free(&w.tx_arena)
+    arena_free(&w.rx_arena)
+    free(w.tx_out)
+    free(w.relay_out)
+    wf_reasm_free(&w.reasm)
+    free(w)
