@@ -27,6 +27,7 @@ IPV6_HEADER = 40
 FRAME_OVERHEAD = _core.HEADER_LEN + _core.RECORD_HDR_LEN + 14
 MIN_MTU = 576
 
+SO_RXQ_OVFL = 40
 SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
@@ -104,6 +105,7 @@ class Dataplane:
             _try_setsockopt(s, SOL_UDP, UDP_GRO, 1) for s in self._socks)
         self.offloads["udp_gso"] = cfg.offloads.get("udp_gso", True) and probe_udp_gso(sock)
         for s in self._socks:
+            _try_setsockopt(s, socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
             for opt, plain in ((getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF),
                                (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF)):
                 if not _try_setsockopt(s, socket.SOL_SOCKET, opt, SOCKET_BUFFER):

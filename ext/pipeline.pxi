@@ -49,12 +49,14 @@ cdef enum:  # counters
     C_TX_BATCHES
     C_RX_BATCHES
     C_GSO_FALLBACKS
+    C_SOCKET_OVERFLOWS
     C_COUNT
 
 COUNTER_NAMES = ("tap_rx_frames", "tap_rx_bytes", "tap_tx_frames", "tap_tx_bytes",
                  "udp_rx_datagrams", "udp_rx_bytes", "udp_tx_datagrams", "udp_tx_bytes",
                  "flooded_frames", "relayed_datagrams", "super_frames_tx", "super_frames_rx",
-                 "control_rx", "tx_batches", "rx_batches", "gso_fallbacks")
+                 "control_rx", "tx_batches", "rx_batches", "gso_fallbacks",
+                 "socket_overflows")
 
 cdef enum:
     N_STATS = C_COUNT + WF_DROP_COUNT
@@ -159,6 +161,7 @@ cdef struct Worker:
     RxControl rx_control[RX_CONTROL_MAX]
     unsigned nrx_control
     uint64_t rx_peer[MAX_PEERS][2]
+    uint32_t socket_overflows     # the kernel's running count, last seen
 
 
 cdef inline uint32_t now_seconds() noexcept nogil:
@@ -481,14 +484,19 @@ cdef void rx_datagram(Worker *w, uint8_t *p, size_t n, unsigned name, uint64_t *
     rx_deliver(w, whole, total, h.src_peer, src_slot, st)
 
 
-cdef inline size_t gro_segment_size(msghdr *mh, size_t n) noexcept nogil:
-    """The UDP_GRO control message gives the size of the datagrams glued in one buffer."""
+cdef inline size_t parse_rx_cmsgs(msghdr *mh, size_t n, uint32_t *overflows) noexcept nogil:
+    """Returns the size of the datagrams glued in one buffer (UDP_GRO gives it as
+    an int; without it the buffer is one datagram) and picks up the socket's
+    running count of datagrams dropped for lack of buffer (SO_RXQ_OVFL)."""
     cdef cmsghdr *c = wf_cmsg_first(mh)
+    cdef size_t seg = n
     while c != NULL:
         if c.cmsg_level == SOL_UDP and c.cmsg_type == UDP_GRO:
-            return (<int *>wf_cmsg_data(c))[0]
+            seg = (<int *>wf_cmsg_data(c))[0]
+        elif c.cmsg_level == SOL_SOCKET and c.cmsg_type == SO_RXQ_OVFL:
+            overflows[0] = (<uint32_t *>wf_cmsg_data(c))[0]
         c = wf_cmsg_next(mh, c)
-    return n
+    return seg if seg else n
 
 
 cdef unsigned rx_batch(Worker *w) noexcept nogil:
@@ -499,6 +507,7 @@ cdef unsigned rx_batch(Worker *w) noexcept nogil:
     cdef size_t len, seg, off
     cdef msghdr *mh
     cdef uint8_t *buf
+    cdef uint32_t overflows = 0
     for i in range(batch):
         mh = &w.rx_msgs[i].msg_hdr
         w.rx_iovs[i].iov_base = arena_slot(&w.rx_arena, i)
@@ -519,9 +528,7 @@ cdef unsigned rx_batch(Worker *w) noexcept nogil:
         mh = &w.rx_msgs[i].msg_hdr
         buf = arena_slot(&w.rx_arena, i)
         len = w.rx_msgs[i].msg_len
-        seg = gro_segment_size(mh, len)
-        if seg == 0:
-            seg = len
+        seg = parse_rx_cmsgs(mh, len, &overflows)
         st[C_UDP_RX_BYTES] += len
         off = 0
         while off < len:
@@ -532,6 +539,9 @@ cdef unsigned rx_batch(Worker *w) noexcept nogil:
         out_flush(w.relay_out, w.udp_fd, &st[C_UDP_TX_DATAGRAMS], &st[C_UDP_TX_BYTES],
                   &st[C_COUNT + WF_DROP_UDP_SEND])
     rx_apply(w)
+    if overflows > w.socket_overflows:
+        st[C_SOCKET_OVERFLOWS] = overflows - w.socket_overflows
+        w.socket_overflows = overflows
     st[C_RX_BATCHES] += 1
     publish(w.rx_stats, st)
     publish_peers(sh, w.rx_peer, w.rx_view.count, P_RX_FRAMES)

@@ -13,7 +13,7 @@ cdef enum:
     IOV_PER_PACKED = 64        # header + up to MAX_RECORDS (63) records per packed datagram
     GSO_MAX_SEGMENTS = 64
     GSO_MAX_BYTES = 65000      # below the 65507-byte UDP limit, with IPv6 margin
-    CMSG_BUF = 32
+    CMSG_BUF = 64               # room for UDP_GRO and SO_RXQ_OVFL on receive
 
 
 cdef struct Out:
