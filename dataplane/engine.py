@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pyroute2 import IPRoute
 
 from dataplane import _core
+from dataplane.errors import RouterError, require_root
 
 log = logging.getLogger("weavefast.dataplane")
 
@@ -33,10 +34,6 @@ UDP_SEGMENT = 103
 UDP_GRO = 104
 SOCKET_BUFFER = 7 * 1024 * 1024   # wireguard-go found ~7 MB the sweet spot
 DEFAULT_ROUTE_PROBE = "192.0.2.1"  # TEST-NET-1: a route lookup only, nothing is sent
-
-
-class RouterError(Exception):
-    """A problem the user can fix; the message names the fix."""
 
 
 @dataclass
@@ -77,8 +74,7 @@ class Dataplane:
     def open(self, peer_hosts: list[str] = ()) -> None:
         """peer_hosts: numeric addresses of the peers known at start (they size the MTU)."""
         cfg = self.config
-        if os.geteuid() != 0:
-            raise RouterError("weavefast router must run as root: it creates a TAP device and a bridge (try sudo)")
+        require_root()
         if not os.path.exists("/dev/net/tun"):
             raise RouterError("no /dev/net/tun: load the tun module (modprobe tun), or give the container --device /dev/net/tun")
         try:

@@ -18,7 +18,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from dataplane.engine import Dataplane, DataplaneConfig, RouterError
+from dataplane.errors import RouterError, require_root
 
 log = logging.getLogger("weavefast.router")
 
@@ -69,7 +69,7 @@ def resolve(host: str, port: int) -> str:
     return sorted(infos, key=lambda i: i[0] != socket.AF_INET)[0][4][0]
 
 
-def config_from_args(args) -> tuple[DataplaneConfig, list[tuple[str, int]]]:
+def config_from_args(args):
     if not 0 < args.port < 65536:
         raise RouterError(f"--port {args.port}: use a port from 1 to 65535")
     if not 1 <= args.workers <= 16:
@@ -82,6 +82,7 @@ def config_from_args(args) -> tuple[DataplaneConfig, list[tuple[str, int]]]:
     for text in args.peer:
         host, port = parse_hostport(text, args.port, "--peer")
         peers.append((resolve(host, port), port))
+    from dataplane.engine import DataplaneConfig
     offloads = {flag: not getattr(args, f"no_{flag}") for flag in OFFLOAD_FLAGS}
     cfg = DataplaneConfig(peer_id=random.randrange(1, 2 ** 32), port=args.port, bind=args.bind,
                           bridge=args.bridge, tap=args.tap, mtu=args.mtu,
@@ -198,6 +199,9 @@ def run(args) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="weavefast: %(message)s", stream=sys.stderr)
     try:
+        require_root()   # before importing the engine: its dependencies may be installed for root only
+        from dataplane.engine import Dataplane
+
         cfg, peers = config_from_args(args)
         dp = Dataplane(cfg)
         dp.open([host for host, _ in peers])

@@ -1,0 +1,97 @@
+"""`weavefast router`: bad flags and environments give one clear line naming the fix,
+and shutdown removes what the router created."""
+import shutil
+import socket
+import sys
+
+import pytest
+from pyroute2 import IPRoute
+
+from dataplane.errors import RouterError
+from dataplane.router import parse_hostport
+
+ROUTER = [sys.executable, "-m", "dataplane", "router"]
+
+
+@pytest.fixture(scope="module")
+def tb(testbed_factory):
+    with testbed_factory(hosts=2, containers_per_host=0) as tb:
+        yield tb
+
+
+def router_error(tb, *args):
+    result = tb.run(tb.hosts[0], ROUTER + list(args), check=False, timeout=30)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--mtu", "100"], "MTU 100 is too small: use at least 576"),
+    (["--mtu", "9000"], "MTU 9000 is too large for the underlay's 1500: use --mtu 1430 or less"),
+    (["--peer", "no-such-host.invalid"], "peer 'no-such-host.invalid' does not resolve"),
+    (["--peer", "10.47.0.2:99999"], "the port must be a number from 1 to 65535"),
+    (["--port", "0"], "--port 0: use a port from 1 to 65535"),
+    (["--workers", "0"], "--workers 0: use 1 to 16"),
+    (["--fdb-max-age", "0"], "--fdb-max-age 0: use at least 1 second"),
+])
+def test_bad_flags_name_the_fix(tb, args, expected):
+    assert expected in router_error(tb, *args)
+
+
+def test_port_in_use(tb):
+    blocker = tb.socket(tb.hosts[0])
+    blocker.bind(("0.0.0.0", 6783))
+    try:
+        assert "UDP port 6783 is in use: stop the other router or choose another --port" in router_error(tb)
+    finally:
+        blocker.close()
+
+
+def test_not_root(tb):
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv (util-linux) is needed to drop root")
+    result = tb.run(tb.hosts[0], ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] + ROUTER,
+                    check=False, timeout=30)
+    assert result.returncode == 2
+    assert "must run as root" in result.stderr and "sudo" in result.stderr
+
+
+def links(tb, host):
+    with IPRoute(netns=host.netns) as ipr:
+        return {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+
+
+def test_shutdown_removes_what_it_created(tb):
+    host = tb.hosts[1]
+    before = links(tb, host)
+    router = tb.start(host, ROUTER + ["--name", "cleanup", "--bridge", "wfnew", "--status-addr", "127.0.0.1:6790"])
+    tb.wait_for(lambda: {"wfnew", "wf-wfnew"} <= links(tb, host), what="bridge and TAP created")
+    assert router.stop(grace=10) == 0, router.output()
+    assert links(tb, host) == before
+
+
+def test_existing_bridge_is_kept(tb):
+    host = tb.hosts[1]
+    router = tb.start(host, ROUTER + ["--name", "keep", "--bridge", host.bridge, "--status-addr", "127.0.0.1:6791"])
+    tb.wait_for(lambda: f"wf-{host.bridge}" in links(tb, host), what="TAP created")
+    assert router.stop(grace=10) == 0, router.output()
+    remaining = links(tb, host)
+    assert host.bridge in remaining and f"wf-{host.bridge}" not in remaining
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("10.0.0.1", ("10.0.0.1", 6783)),
+    ("10.0.0.1:7000", ("10.0.0.1", 7000)),
+    ("host2:6000", ("host2", 6000)),
+    ("[fd00::1]:7000", ("fd00::1", 7000)),
+    ("fd00::1", ("fd00::1", 6783)),
+])
+def test_parse_hostport(text, expected):
+    assert parse_hostport(text, 6783, "--peer") == expected
+
+
+def test_parse_hostport_rejects_bad_port():
+    with pytest.raises(RouterError, match="the port must be a number"):
+        parse_hostport("host:abc", 6783, "--peer")
