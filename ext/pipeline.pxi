@@ -138,6 +138,7 @@ cdef struct Worker:
     pthread_t rx_thread
     int tx_running
     int rx_running
+    pthread_mutex_t tx_lock       # held by whichever thread runs a TX batch
     uint64_t tx_stats[N_STATS]
     uint64_t rx_stats[N_STATS]
     # TX
@@ -343,8 +344,10 @@ cdef void *tx_main(void *arg) noexcept nogil:
     while not w.sh.stop:
         if poll(fds, 2, POLL_MS) <= 0 or w.sh.stop:
             continue
+        pthread_mutex_lock(&w.tx_lock)
         while tx_batch(w) == w.sh.batch and not w.sh.stop:
             pass
+        pthread_mutex_unlock(&w.tx_lock)
     return NULL
 
 
@@ -560,6 +563,12 @@ cdef void *rx_main(void *arg) noexcept nogil:
             continue
         while rx_batch(w) == w.sh.batch and not w.sh.stop:
             pass
+        # A frame just written to the TAP often has its answer (an ARP or ICMP
+        # reply, a TCP ACK) queued on the TAP already: send it now rather than
+        # pay for waking the TX thread, unless that thread is at work anyway.
+        if pthread_mutex_trylock(&w.tx_lock) == 0:
+            tx_batch(w)
+            pthread_mutex_unlock(&w.tx_lock)
     return NULL
 
 
@@ -646,6 +655,7 @@ cdef class Engine:
         if w == NULL:
             raise MemoryError()
         w.sh = self.sh
+        pthread_mutex_init(&w.tx_lock, NULL)
         w.tap_fd = tap_fd
         w.udp_fd = udp_fd
         w.tx_seq = <uint64_t>self.nworkers << 56
@@ -920,4 +930,5 @@ cdef void free_worker(Worker *w) noexcept nogil:
     free(w.tx_out)
     free(w.relay_out)
     wf_reasm_free(&w.reasm)
+    pthread_mutex_destroy(&w.tx_lock)
     free(w)

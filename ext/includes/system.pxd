@@ -115,6 +115,7 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_destroy(pthread_mutex_t *m)
     int pthread_mutex_lock(pthread_mutex_t *m)
     int pthread_mutex_unlock(pthread_mutex_t *m)
+    int pthread_mutex_trylock(pthread_mutex_t *m)
 
 cdef extern from "<net/if.h>" nogil:
     enum:
