@@ -198,7 +198,9 @@ class Dataplane:
         if self._created_bridge:
             with IPRoute() as ipr:
                 for index in ipr.link_lookup(ifname=self.config.bridge):
-                    ipr.link("del", index=index)
+                    # Containers may have joined the bridge we made: leave it to them.
+                    if not ipr.get_links(master=index):
+                        ipr.link("del", index=index)
             self._created_bridge = False
 
     # --- the control plane's levers ---

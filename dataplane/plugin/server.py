@@ -1,0 +1,255 @@
+"""`weavefast plugin`: Docker's remote NetworkDriver and IpamDriver on a Unix socket.
+
+dockerd finds the plugin by its socket, `/run/docker/plugins/weavefast.sock`, and
+speaks libnetwork's remote-driver protocol: `POST /Interface.Method`, one call per
+connection, a JSON body (empty for calls without arguments, no Content-Type). A call
+that cannot be carried out is answered 200 with `{"Err": ...}` (NetworkDriver) or
+`{"Error": ...}` (IpamDriver); a body that is not a JSON object, or lacks a field,
+gets 400 with the same key; an unknown method 404 (dockerd then treats the method as
+not implemented). Calls are served one at a time, each on a copy of the state that
+is saved before it becomes current (see state.py), so a failed call changes nothing.
+At start and every few seconds the plugin also puts the containers' ports back on
+the bridge if the bridge was recreated meanwhile (see driver.reattach_ports).
+
+The router runs the same server in its own process with `start_plugin()`.
+"""
+import argparse
+import contextlib
+import errno
+import http.server
+import json
+import logging
+import signal
+import socket
+import socketserver
+import threading
+from pathlib import Path
+
+from dataplane.plugin import ipam
+from dataplane.plugin.driver import Driver, parse_mtu, reattach_ports
+from dataplane.plugin.protocol import BadRequest, PluginError
+from dataplane.plugin.state import StateError, StateStore
+
+DEFAULT_SOCKET = "/run/docker/plugins/weavefast.sock"
+DEFAULT_STATE_DIR = "/var/lib/weavefast/plugin"
+DEFAULT_BRIDGE = "weavefast"
+DEFAULT_MTU = 1430
+CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
+REQUEST_TIMEOUT = 30  # seconds a client may take to send its request
+REATTACH_INTERVAL = 5  # seconds between checks that containers' ports are on the bridge
+MAX_BODY = 1 << 20
+
+log = logging.getLogger("weavefast.plugin")
+
+
+class _UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
+    # A thread per connection, so that a client that connects and says nothing cannot
+    # hold up dockerd's calls; close() waits for calls in progress (their state is saved).
+    daemon_threads = False
+    block_on_close = True
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server_version = "weavefast-plugin"
+    timeout = REQUEST_TIMEOUT
+
+    def do_POST(self):
+        plugin = self.server.plugin
+        method = self.path.lstrip("/")
+        error_key = "Error" if method.startswith("IpamDriver.") else "Err"
+        handler = plugin.methods.get(method)
+        if handler is None:
+            return self._answer(404, {"Err": f"weavefast plugin has no method {method!r}"})
+        try:
+            request = self._read_json()
+            with plugin.store.transaction() as state:
+                answer = handler(state, request)
+        except BadRequest as e:
+            log.warning("%s: bad request: %s", method, e)
+            return self._answer(400, {error_key: f"bad request: {e}"})
+        except PluginError as e:
+            log.warning("%s: %s", method, e)
+            return self._answer(200, {error_key: str(e)})
+        except Exception as e:  # report it to dockerd rather than drop the connection
+            log.exception("%s failed", method)
+            return self._answer(500, {error_key: f"internal error: {e}"})
+        log.debug("%s %s -> %s", method, request, answer)
+        self._answer(200, answer)
+
+    def _read_json(self):
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise BadRequest("Content-Length is not a number") from None
+        if not 0 <= length <= MAX_BODY:
+            raise BadRequest(f"body of {length} bytes (at most {MAX_BODY})")
+        body = self.rfile.read(length)
+        if not body.strip():
+            return {}
+        try:
+            request = json.loads(body)
+        except ValueError as e:
+            raise BadRequest(f"body is not JSON: {e}") from None
+        if not isinstance(request, dict):
+            raise BadRequest("body is not a JSON object")
+        return request
+
+    def _answer(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", CONTENT_TYPE)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_request(self, code="-", size="-"):  # do_POST logs each call already
+        pass
+
+    def log_message(self, format, *args):  # the default writes to stderr with a client address
+        log.warning(format, *args)
+
+
+class Plugin:
+    """A running plugin server; `close()` stops it and removes its socket."""
+
+    def __init__(self, bridge, mtu, socket_path, state_dir):
+        self.socket_path = Path(socket_path)
+        _claim_socket_path(self.socket_path)
+        self.store = StateStore(state_dir)
+        driver = Driver(bridge, mtu)
+        self.methods = {
+            "Plugin.Activate": _activate,
+            "NetworkDriver.GetCapabilities": driver.get_capabilities,
+            "NetworkDriver.CreateNetwork": driver.create_network,
+            "NetworkDriver.DeleteNetwork": driver.delete_network,
+            "NetworkDriver.CreateEndpoint": driver.create_endpoint,
+            "NetworkDriver.EndpointOperInfo": driver.endpoint_oper_info,
+            "NetworkDriver.DeleteEndpoint": driver.delete_endpoint,
+            "NetworkDriver.Join": driver.join,
+            "NetworkDriver.Leave": driver.leave,
+            "NetworkDriver.ProgramExternalConnectivity": driver.program_external_connectivity,
+            "NetworkDriver.RevokeExternalConnectivity": driver.revoke_external_connectivity,
+            "NetworkDriver.DiscoverNew": driver.discover,
+            "NetworkDriver.DiscoverDelete": driver.discover,
+            "IpamDriver.GetCapabilities": ipam.get_capabilities,
+            "IpamDriver.GetDefaultAddressSpaces": ipam.get_default_address_spaces,
+            "IpamDriver.RequestPool": ipam.request_pool,
+            "IpamDriver.ReleasePool": ipam.release_pool,
+            "IpamDriver.RequestAddress": ipam.request_address,
+            "IpamDriver.ReleaseAddress": ipam.release_address,
+        }
+        self._reattach_ports()  # before serving: see driver.reattach_ports
+        self._server = _UnixHTTPServer(str(self.socket_path), _Handler)
+        self._server.plugin = self
+        self._closing = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._server.serve_forever, name="weavefast-plugin",
+                             daemon=True),
+            threading.Thread(target=self._keep_ports_attached, name="weavefast-plugin-ports",
+                             daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _reattach_ports(self):
+        try:
+            with self.store.lock:
+                reattached = reattach_ports(self.store.data)
+            if reattached:
+                log.info("re-attached %s to the bridge", ", ".join(reattached))
+        except Exception:  # netlink trouble: log it, try again next time
+            log.exception("cannot check the containers' bridge ports")
+
+    def _keep_ports_attached(self):
+        while not self._closing.wait(REATTACH_INTERVAL):
+            self._reattach_ports()
+
+    def close(self):
+        self._closing.set()
+        self._server.shutdown()
+        self._server.server_close()
+        for thread in self._threads:
+            thread.join()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def _activate(state, request):
+    return {"Implements": ["NetworkDriver", "IpamDriver"]}
+
+
+def start_plugin(bridge=DEFAULT_BRIDGE, mtu=DEFAULT_MTU, socket_path=DEFAULT_SOCKET,
+                 state_dir=DEFAULT_STATE_DIR):
+    """Serve the plugin from a thread of this process (as `weavefast router --plugin` does).
+
+    Returns a `Plugin` handle; `handle.close()` stops serving and removes the socket.
+    Raises OSError when the socket cannot be bound (another plugin serving it, no
+    permission) and StateError when the state file cannot be read.
+    """
+    return Plugin(bridge, mtu, socket_path, state_dir)
+
+
+def _claim_socket_path(path):
+    """Make way for our socket: remove a stale one, refuse if a live plugin answers there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError as e:
+            if e.errno not in (errno.ECONNREFUSED, errno.ENOTSOCK):
+                raise
+        else:
+            raise OSError(errno.EADDRINUSE, f"another plugin is serving {path}")
+    path.unlink()
+
+
+def add_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("--socket", default=DEFAULT_SOCKET,
+                        help="Unix socket dockerd finds the plugin on (default %(default)s)")
+    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
+                        help="where networks, endpoints and address pools are kept "
+                             "(default %(default)s)")
+    parser.add_argument("--bridge", default=DEFAULT_BRIDGE,
+                        help="the overlay bridge containers are attached to; created if the "
+                             "router has not (default %(default)s)")
+    parser.add_argument("--mtu", type=_mtu_argument, default=DEFAULT_MTU,
+                        help="MTU of container interfaces, the overlay MTU; a network's "
+                             "-o mtu=N overrides it (default %(default)s)")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+
+
+def _mtu_argument(text):
+    try:
+        return parse_mtu(text)
+    except PluginError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def run(args) -> int:
+    # --log-level is for the plugin's own messages, not for pyroute2's debugging
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log.setLevel(args.log_level.upper())
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        plugin = start_plugin(args.bridge, args.mtu, args.socket, args.state_dir)
+    except (OSError, StateError) as e:
+        log.error("cannot start: %s", e)
+        return 1
+    log.info("serving NetworkDriver and IpamDriver on %s (bridge %s, mtu %d, state in %s)",
+             args.socket, args.bridge, args.mtu, args.state_dir)
+    with plugin:
+        stop.wait()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,316 @@
+"""Real Docker engines on simulated hosts, and a client for the plugin's socket.
+
+`DockerEngine(testbed, host, workdir)` runs, inside `host`'s network namespace and
+inside one private mount namespace of its own:
+
+- a tmpfs over /run, so that what containerd, dockerd and the plugin put there
+  (`/run/docker/plugins/weavefast.sock`, containerd's shim sockets, dockerd's exec
+  root) is private to this simulated host: two hosts on one machine each get their
+  own plugin of the same name, and nothing is left in the machine's /run;
+- containerd with a private config (CRI plugin disabled, its root under `workdir`);
+- dockerd with its own data root, exec root and API socket (`workdir/docker.sock`),
+  its own cgroup parent, and `--iptables=false --ip6tables=false --bridge=none
+  --ip-forward=false --ip-masq=false`: it touches nothing outside the namespace;
+- `weavefast plugin` (`start_plugin()` / `stop_plugin()` to restart it).
+
+The mount namespace is held by an "anchor" process (`sleep infinity`); the others
+join it with `nsenter -t ANCHOR -m`. Every process is started through the testbed
+(its own process group, log in the testbed's log directory). `close()` removes the
+containers, stops the processes by pid, kills container processes whose shim
+outlived containerd and removes the cgroups dockerd made; the caller removes
+`workdir`.
+
+The image is `busybox_rootfs_tar()` imported with `docker import`: no registry.
+"""
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from dataplane import testbed
+
+BUSYBOX = "/bin/busybox"
+IMAGE = "wfd-busybox:latest"
+DEBIAN_PACKAGES = "docker.io busybox-static"
+PLUGIN_SOCKET = "/run/docker/plugins/weavefast.sock"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def docker_unavailable():
+    """Why a real Docker engine cannot run here, or None."""
+    reason = testbed.netns_available()
+    if reason:
+        return reason
+    for program in ("dockerd", "containerd", "docker", "unshare"):
+        if shutil.which(program) is None:
+            return f"needs {program} (apt-get install {DEBIAN_PACKAGES})"
+    if not _is_static_elf(BUSYBOX):
+        return f"needs a static {BUSYBOX} for the container image (apt-get install busybox-static)"
+    return None
+
+
+def _is_static_elf(path):
+    """Whether `path` is an ELF executable without a program interpreter (PT_INTERP)."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(64)
+            if header[:4] != b"\x7fELF" or header[4] != 2:  # 64-bit only
+                return False
+            phoff, = struct.unpack_from("<Q", header, 32)
+            phentsize, phnum = struct.unpack_from("<HH", header, 54)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+    except OSError:
+        return False
+    return all(struct.unpack_from("<I", table, i * phentsize)[0] != 3 for i in range(phnum))
+
+
+def busybox_rootfs_tar(path):
+    """A root filesystem with the static busybox and a link per applet, as a tarball."""
+    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    with tarfile.open(path, "w") as tar:
+        for name, mode in (("bin", 0o755), ("etc", 0o755), ("proc", 0o755), ("sys", 0o755),
+                           ("dev", 0o755), ("tmp", 0o1777)):
+            entry = tarfile.TarInfo(name)
+            entry.type, entry.mode = tarfile.DIRTYPE, mode
+            tar.addfile(entry)
+        tar.add(BUSYBOX, "bin/busybox")
+        for applet in applets:
+            if applet != "busybox":
+                entry = tarfile.TarInfo(f"bin/{applet}")
+                entry.type, entry.linkname = tarfile.SYMTYPE, "busybox"
+                tar.addfile(entry)
+    return path
+
+
+# -- the plugin's protocol, as dockerd speaks it ------------------------------------
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(str(self._path))
+
+
+def plugin_call(socket_path, method, body=None, raw=None, timeout=10.0):
+    """POST /<method> like dockerd: no Content-Type, an empty body when there are no
+    arguments. `raw` sends those bytes instead of JSON. Returns (status, decoded answer)."""
+    data = raw if raw is not None else b"" if body is None else json.dumps(body).encode()
+    conn = _UnixHTTPConnection(socket_path, timeout)
+    try:
+        conn.request("POST", f"/{method}", body=data, headers={"Content-Length": str(len(data))})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        conn.close()
+
+
+def wait_for_socket(path, process, timeout=15.0):
+    """Wait until something accepts connections on `path`; fail early if `process` died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if not process.alive():
+            raise RuntimeError(f"{process.name} exited:\n{process.output()[-3000:]}")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.connect(str(path))
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing on {path} after {timeout}s:\n"
+                                   f"{process.output()[-3000:]}")
+            time.sleep(0.05)
+
+
+# -- an engine per simulated host ---------------------------------------------------
+
+class DockerEngine:
+    def __init__(self, tb, host, workdir, bridge="weavefast", mtu=None):
+        self.tb, self.host, self.workdir = tb, host, Path(workdir)
+        self.bridge, self.mtu = bridge, mtu or tb.overlay_mtu
+        self.name = f"{tb.prefix}-{host.name}"
+        self.api_socket = self.workdir / "docker.sock"
+        self.cgroup_parent = self.name
+        self.env = dict(os.environ, DOCKER_HOST=f"unix://{self.api_socket}",
+                        DOCKER_CONFIG=str(self.workdir / "client"))
+        self.processes = []  # in start order
+        self.anchor = self.dockerd = self.plugin = self.mount_ns = None
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _in_mount_ns(self, argv, name):
+        process = self.tb.start(self.host, ["nsenter", "-t", str(self.anchor.pid), "-m", "--",
+                                            *argv], name=f"{self.name}-{name}")
+        self.processes.append(process)
+        return process
+
+    def _start(self):
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        setup = ("mount -n -t tmpfs -o mode=0755 wfd-run /run && "
+                 "mkdir -p /run/docker/plugins && touch /run/wfd-ready && exec sleep infinity")
+        self.anchor = self.tb.start(self.host, ["unshare", "-m", "--propagation", "private",
+                                                "--", "sh", "-c", setup],
+                                    name=f"{self.name}-mountns")
+        self.processes.append(self.anchor)
+        # the plugin's socket, as seen from outside the mount namespace
+        self.plugin_socket = Path(f"/proc/{self.anchor.pid}/root{PLUGIN_SOCKET}")
+        ready = Path(f"/proc/{self.anchor.pid}/root/run/wfd-ready")
+        self.tb.wait_for(lambda: ready.exists() or not self.anchor.alive(),
+                         what="the private /run")
+        if not self.anchor.alive():
+            raise RuntimeError(f"mount namespace setup failed:\n{self.anchor.output()}")
+        self.mount_ns = _mount_ns(self.anchor.pid)
+
+        containerd_config = self.workdir / "containerd.toml"
+        containerd_config.write_text(
+            'version = 2\n'
+            f'root = "{self.workdir / "containerd"}"\n'
+            'state = "/run/containerd"\n'
+            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+            '[grpc]\n  address = "/run/containerd/containerd.sock"\n')
+        containerd = self._in_mount_ns(["containerd", "--config", str(containerd_config)],
+                                       "containerd")
+        wait_for_socket(Path(f"/proc/{self.anchor.pid}/root/run/containerd/containerd.sock"),
+                        containerd)
+
+        daemon_config = self.workdir / "daemon.json"
+        # the trust key would otherwise go to /etc/docker/key.json
+        daemon_config.write_text(json.dumps({"deprecated-key-path":
+                                             str(self.workdir / "key.json")}))
+        self.dockerd = self._in_mount_ns([
+            "dockerd", "--config-file", str(daemon_config),
+            "--data-root", str(self.workdir / "docker"), "--exec-root", "/run/docker",
+            "--pidfile", "/run/docker.pid", "-H", f"unix://{self.api_socket}",
+            "--containerd", "/run/containerd/containerd.sock",
+            "--cgroup-parent", self.cgroup_parent,
+            "--iptables=false", "--ip6tables=false", "--bridge=none",
+            "--ip-forward=false", "--ip-masq=false", "--userland-proxy=false",
+        ], "dockerd")
+        wait_for_socket(self.api_socket, self.dockerd)
+        self.start_plugin()
+
+    # -- the plugin -----------------------------------------------------------------
+
+    def start_plugin(self):
+        self.plugin = self._in_mount_ns([
+            sys.executable, "-m", "dataplane", "plugin", "--bridge", self.bridge,
+            "--mtu", str(self.mtu), "--state-dir", str(self.workdir / "plugin-state"),
+            "--log-level", "debug"], "plugin")
+        wait_for_socket(self.plugin_socket, self.plugin)
+
+    def stop_plugin(self):
+        code = self.plugin.stop()
+        self.processes.remove(self.plugin)
+        self.plugin = None
+        return code
+
+    def plugin_state(self):
+        return json.loads((self.workdir / "plugin-state" / "state.json").read_text())
+
+    # -- docker ---------------------------------------------------------------------
+
+    def docker(self, *args, check=True, timeout=60):
+        """Run the docker CLI against this engine; raises with dockerd's and the plugin's
+        log tails when `check` and it fails."""
+        result = subprocess.run(["docker", *args], env=self.env, capture_output=True,
+                                text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            logs = "\n".join(f"--- {p.name}:\n{p.output()[-2000:]}"
+                             for p in (self.dockerd, self.plugin) if p)
+            raise AssertionError(f"docker {' '.join(args)} failed ({result.returncode}):\n"
+                                 f"{result.stderr}\n{logs}")
+        return result
+
+    def links(self):
+        """{ifname: master ifname or None} of the host's namespace."""
+        with IPRoute(netns=self.host.netns) as ipr:
+            links = ipr.get_links()
+            names = {link["index"]: link.get("ifname") for link in links}
+            return {link.get("ifname"): names.get(link.get("master")) for link in links}
+
+    # -- teardown -------------------------------------------------------------------
+
+    def close(self):
+        if self.dockerd and self.dockerd.alive():
+            containers = self.docker("ps", "-aq", check=False).stdout.split()
+            if containers:
+                self.docker("rm", "-f", *containers, check=False)
+        for process in reversed(self.processes):
+            process.stop()
+        self.processes.clear()
+        self._kill_orphaned_shims()
+        self._remove_cgroups()
+
+    def _kill_orphaned_shims(self):
+        """Shims that outlived containerd, and their containers: containerd's shims
+        daemonize (no process group of ours), but they stay in our mount namespace."""
+        if not self.mount_ns:
+            return
+        shims = [pid for pid in _pids() if _mount_ns(pid) == self.mount_ns]
+        for pid in _descendants(shims) + shims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _remove_cgroups(self):
+        # cgroup v1: one directory per controller; v2: one directory
+        found = [*CGROUP_ROOT.glob(f"*/{self.cgroup_parent}"), CGROUP_ROOT / self.cgroup_parent]
+        for directory in (d for d in found if d.is_dir()):
+            for child in sorted(directory.rglob("*"), reverse=True):
+                if child.is_dir():
+                    _rmdir_quietly(child)
+            _rmdir_quietly(directory)
+
+
+def _rmdir_quietly(path):
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def _pids():
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def _mount_ns(pid):
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return None
+
+
+def _descendants(roots):
+    children = {}
+    for pid in _pids():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
