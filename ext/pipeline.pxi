@@ -534,10 +534,12 @@ cdef unsigned rx_batch(Worker *w) noexcept nogil:
         seg = parse_rx_cmsgs(mh, len, &overflows)
         st[C_UDP_RX_BYTES] += len
         off = 0
-        while off < len:
+        while True:   # an empty datagram is still one datagram (and a short one)
             st[C_UDP_RX_DATAGRAMS] += 1
             rx_datagram(w, buf + off, min(seg, len - off), i, st)
             off += seg
+            if off >= len:
+                break
     if w.relay_out.nmsgs:
         out_flush(w.relay_out, w.udp_fd, &st[C_UDP_TX_DATAGRAMS], &st[C_UDP_TX_BYTES],
                   &st[C_COUNT + WF_DROP_UDP_SEND])
