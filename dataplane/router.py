@@ -1,39 +1,46 @@
 """`weavefast router`: one per host; forwards the local bridge's frames to peers.
 
 The router builds the dataplane (TAP on the bridge, UDP sockets, native
-forwarding threads), then runs the control loop in asyncio: peering through
-hello messages on the data path, MAC aging, and the status API.
+forwarding threads), then runs in asyncio the control plane
+(dataplane.control: peering, membership, liveness, routing), MAC aging and the
+status API.
 """
 from __future__ import annotations
 
 import asyncio
-import json
+import hashlib
 import logging
-import os
-import random
 import signal
 import socket
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from dataplane.control import ControlConfig, ControlPlane
+from dataplane.control.mesh import format_address
+from dataplane.control.status import StatusServer
 from dataplane.errors import RouterError, require_root
-
-log = logging.getLogger("weavefast.router")
 
 DEFAULT_PORT = 6783
 DEFAULT_STATUS = "127.0.0.1:6784"
-HELLO_INTERVAL = 1.0
 FDB_SWEEP_INTERVAL = 10.0
 OFFLOAD_FLAGS = ("tap_csum", "tap_tso", "tap_uso", "udp_gso", "udp_gro")
 
 
 def add_arguments(p) -> None:
     p.add_argument("--name", default=socket.gethostname(), help="this router's name (default: the hostname)")
+    p.add_argument("--peer-id", type=int, metavar="ID",
+                   help="this router's unique peer id, 1..4294967295 (default: derived from --name)")
     p.add_argument("--peer", action="append", default=[], metavar="HOST[:PORT]",
-                   help="a peer router to join; repeat for more")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="UDP port for the overlay (default 6783)")
+                   help="a router of the network to join (one is enough: the others are learned "
+                        "from it); repeat for more")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help="TCP port for control connections and UDP port for the overlay (default 6783)")
+    secret = p.add_mutually_exclusive_group()
+    secret.add_argument("--password", help="network secret: only routers with the same one may join "
+                                           "(it never crosses the wire; prefer --key-file)")
+    secret.add_argument("--key-file", metavar="PATH", help="read the network secret from this file")
+    p.add_argument("--down-after", type=float, default=3.0, metavar="SECONDS",
+                   help="declare a peer down after this long without heartbeats (default 3)")
     p.add_argument("--bind", default="::", help="address to bind the UDP port to (default: all)")
     p.add_argument("--bridge", default="weavefast", help="Linux bridge the containers join (created if absent)")
     p.add_argument("--tap", help="TAP device name (default: wf-BRIDGE)")
@@ -44,10 +51,16 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=int, default=1, help="forwarding workers: TAP queues and sockets (default 1)")
     p.add_argument("--batch", type=int, default=64, help="frames or datagrams per batch (1..256, default 64)")
     p.add_argument("--status-addr", default=DEFAULT_STATUS, metavar="HOST:PORT",
-                   help="HTTP status API address (default 127.0.0.1:6784)")
+                   help="HTTP status API address, used by `weavefast status` (default 127.0.0.1:6784)")
     for flag in OFFLOAD_FLAGS:
         p.add_argument(f"--no-{flag.replace('_', '-')}", dest=f"no_{flag}", action="store_true",
                        help=f"turn the {flag.replace('_', ' ')} offload off")
+    p.add_argument("--plugin", action="store_true",
+                   help="also serve Docker's network and IPAM driver (as `weavefast plugin` does)")
+    p.add_argument("--plugin-socket", default="/run/docker/plugins/weavefast.sock", metavar="PATH",
+                   help="the plugin's socket, where dockerd looks for it")
+    p.add_argument("--plugin-state-dir", default="/var/lib/weavefast/plugin", metavar="DIR",
+                   help="where the plugin keeps its networks and endpoints")
     p.add_argument("-v", "--verbose", action="store_true", help="log control-plane events")
 
 
@@ -69,6 +82,28 @@ def resolve(host: str, port: int) -> str:
     return sorted(infos, key=lambda i: i[0] != socket.AF_INET)[0][4][0]
 
 
+def default_peer_id(name: str) -> int:
+    """Stable across restarts, so peers recognise a restarted router."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") or 1
+
+
+def network_secret(args) -> bytes | None:
+    if args.password is not None:
+        if not args.password:
+            raise RouterError("--password is empty: give a secret, or leave the option out")
+        return args.password.encode()
+    if args.key_file is None:
+        return None
+    try:
+        with open(args.key_file, "rb") as f:
+            secret = f.read().strip()
+    except OSError as e:
+        raise RouterError(f"--key-file {args.key_file}: {e.strerror}") from None
+    if not secret:
+        raise RouterError(f"--key-file {args.key_file} is empty: put the network secret in it")
+    return secret
+
+
 def config_from_args(args):
     if not 0 < args.port < 65536:
         raise RouterError(f"--port {args.port}: use a port from 1 to 65535")
@@ -78,121 +113,63 @@ def config_from_args(args):
         raise RouterError(f"--batch {args.batch}: use 1 to 256")
     if args.fdb_max_age < 1:
         raise RouterError(f"--fdb-max-age {args.fdb_max_age}: use at least 1 second")
+    if not args.down_after > 0:
+        raise RouterError(f"--down-after {args.down_after}: use a positive number of seconds")
+    peer_id = default_peer_id(args.name) if args.peer_id is None else args.peer_id
+    if not 0 < peer_id < 2 ** 32:
+        raise RouterError(f"--peer-id {peer_id}: use 1 to 4294967295")
     peers = []
     for text in args.peer:
         host, port = parse_hostport(text, args.port, "--peer")
         peers.append((resolve(host, port), port))
     from dataplane.engine import DataplaneConfig
     offloads = {flag: not getattr(args, f"no_{flag}") for flag in OFFLOAD_FLAGS}
-    cfg = DataplaneConfig(peer_id=random.randrange(1, 2 ** 32), port=args.port, bind=args.bind,
+    cfg = DataplaneConfig(peer_id=peer_id, port=args.port, bind=args.bind,
                           bridge=args.bridge, tap=args.tap, mtu=args.mtu,
                           fdb_capacity=args.fdb_capacity, fdb_max_age=args.fdb_max_age,
                           workers=args.workers, batch=args.batch, offloads=offloads)
-    return cfg, peers
+    control = ControlConfig(
+        name=args.name, peer_id=peer_id, port=args.port,
+        peers=[format_address(address) for address in peers], password=network_secret(args),
+        down_after=args.down_after, listen_host=None if args.bind in ("", "::") else args.bind)
+    return cfg, control
 
 
-class Router:
-    """Peering by hello messages: each router greets its configured peers until
-    they answer, and answers every hello it gets, so one side's --peer is enough."""
-
-    def __init__(self, name: str, dp: Dataplane, peers: list[tuple[str, int]]):
-        self.name = name
-        self.dp = dp
-        self.configured = peers
-        self.peers: dict[int, dict] = {}
-        self.started = time.time()
-
-    def hello(self) -> bytes:
-        return json.dumps({"hello": self.name, "port": self.dp.config.port}).encode()
-
-    def on_control(self) -> None:
-        for src, (host, port), payload in self.dp.recv_control():
-            try:
-                msg = json.loads(payload)
-                name = str(msg["hello"])
-            except (ValueError, KeyError, TypeError):
-                log.warning("ignored a malformed control message from %s:%d", host, port)
-                continue
-            peer = self.peers.get(src)
-            if peer is None:
-                self.dp.add_peer(src, host, port)
-                log.info("peer %s (id %d) at %s:%d", name, src, host, port)
-                self.dp.send_control(self.hello(), src)
-            elif (peer["host"], peer["port"]) != (host, port):
-                self.dp.set_peer_address(src, host, port)
-            self.peers[src] = {"name": name, "host": host, "port": port, "last_seen": time.time()}
-
-    async def greet(self) -> None:
-        while True:
-            known = {(p["host"], p["port"]) for p in self.peers.values()}
-            for host, port in self.configured:
-                if (host, port) not in known:
-                    try:
-                        self.dp.send_control(self.hello(), addr=(host, port))
-                    except OSError as e:
-                        log.debug("hello to %s:%d: %s", host, port, e)
-            await asyncio.sleep(HELLO_INTERVAL)
-
-    async def sweep(self) -> None:
-        while True:
-            await asyncio.sleep(FDB_SWEEP_INTERVAL)
-            self.dp.fdb_expire()
-
-    def status(self) -> dict:
-        dp = self.dp
-        peer_counters = dp.peer_counters()
-        return {
-            "name": self.name,
-            "peer_id": dp.config.peer_id,
-            "uptime": round(time.time() - self.started, 1),
-            "bridge": dp.config.bridge,
-            "tap": dp.config.tap_name,
-            "mtu": dp.mtu,
-            "port": dp.config.port,
-            "offloads": dp.status_offloads(),
-            "peers": [dict(p, id=pid, counters=peer_counters.get(pid, {})) for pid, p in self.peers.items()],
-            "mac_table": {"size": dp.fdb_size(), "capacity": dp.config.fdb_capacity},
-            "counters": dp.counters(),
-            "drops": dp.drops(),
-        }
+async def sweep(dp) -> None:
+    while True:
+        await asyncio.sleep(FDB_SWEEP_INTERVAL)
+        dp.fdb_expire()
 
 
-def serve_status(router: Router, addr: str) -> ThreadingHTTPServer:
-    host, port = parse_hostport(addr, 6784, "--status-addr")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            if self.path.rstrip("/") != "/status":
-                self.send_error(404, "try /status")
-                return
-            body = json.dumps(router.status()).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    try:
-        server = ThreadingHTTPServer((host, port), Handler)
-    except OSError as e:
-        raise RouterError(f"status API {addr}: {e.strerror} (choose another --status-addr)") from None
-    threading.Thread(target=server.serve_forever, name="status", daemon=True).start()
-    return server
-
-
-async def serve(router: Router, stop: asyncio.Event) -> None:
+async def serve(dp, control_config: ControlConfig, status_addr: str) -> None:
+    """Runs the control plane and the status API until SIGINT or SIGTERM."""
     loop = asyncio.get_running_loop()
-    loop.add_reader(router.dp.control_fd, router.on_control)
-    tasks = [asyncio.create_task(router.greet()), asyncio.create_task(router.sweep())]
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    started = time.time()
+    control = ControlPlane(dp, control_config)
+    status = StatusServer(control, parse_hostport(status_addr, 6784, "--status-addr"), details=lambda: {
+        "uptime": round(time.time() - started, 1), "bridge": dp.config.bridge,
+        "tap": dp.config.tap_name, "mtu": dp.mtu,
+        "mac_table": {"size": dp.fdb_size(), "capacity": dp.config.fdb_capacity}})
     try:
+        await control.start()
+    except OSError as e:
+        raise RouterError(f"TCP port {control_config.port}: {e.strerror} "
+                          "(stop the other router or choose another --port)") from None
+    try:
+        try:
+            await status.start()
+        except OSError as e:
+            raise RouterError(f"status API {status_addr}: {e.strerror} "
+                              "(choose another --status-addr)") from None
+        sweeper = asyncio.create_task(sweep(dp))
         await stop.wait()
+        sweeper.cancel()
+        await status.stop()
     finally:
-        loop.remove_reader(router.dp.control_fd)
-        for t in tasks:
-            t.cancel()
+        await control.stop()
 
 
 def run(args) -> int:
@@ -202,35 +179,38 @@ def run(args) -> int:
         require_root()   # before importing the engine: its dependencies may be installed for root only
         from dataplane.engine import Dataplane
 
-        cfg, peers = config_from_args(args)
+        cfg, control = config_from_args(args)
         dp = Dataplane(cfg)
-        dp.open([host for host, _ in peers])
+        dp.open([parse_hostport(peer, cfg.port, "--peer")[0] for peer in control.peers])
     except RouterError as e:
         print(f"weavefast router: {e}", file=sys.stderr)
         return 2
-    router = Router(args.name, dp, peers)
-    status = None
+    plugin = None
     try:
-        status = serve_status(router, args.status_addr)
+        if args.plugin:
+            plugin = start_plugin_for(args, dp.mtu)
         dp.start()
         on = [k for k, v in dp.status_offloads().items() if v]
         print(f"weavefast router {args.name} (peer id {cfg.peer_id}) forwarding: TAP {cfg.tap_name} on bridge "
               f"{cfg.bridge}, UDP port {cfg.port}, MTU {dp.mtu}, offloads: {', '.join(on) or 'none'}",
               flush=True)
-
-        async def main():
-            stop = asyncio.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-            await serve(router, stop)
-
-        asyncio.run(main())
+        asyncio.run(serve(dp, control, args.status_addr))
     except RouterError as e:
         print(f"weavefast router: {e}", file=sys.stderr)
         return 2
     finally:
-        if status is not None:
-            status.shutdown()
-            status.server_close()
+        if plugin is not None:
+            plugin.close()
         dp.close()
     return 0
+
+
+def start_plugin_for(args, mtu: int):
+    from dataplane.plugin import start_plugin
+
+    try:
+        return start_plugin(bridge=args.bridge, mtu=mtu, socket_path=args.plugin_socket,
+                            state_dir=args.plugin_state_dir)
+    except OSError as e:
+        raise RouterError(f"Docker plugin on {args.plugin_socket}: {e.strerror or e} "
+                          "(is `weavefast plugin` already running? stop it, or drop --plugin)") from None

@@ -1,5 +1,7 @@
 """`weavefast router`: bad flags and environments give one clear line naming the fix,
 and shutdown removes what the router created."""
+import json
+import socket
 import sys
 
 import pytest
@@ -111,3 +113,21 @@ def test_bridge_it_made_is_kept_while_containers_use_it(tb):
             for name in ("wfport0", "wfbusy"):
                 for index in ipr.link_lookup(ifname=name):
                     ipr.link("del", index=index)
+
+
+def test_router_serves_the_docker_plugin(tb, tmp_path):
+    host = tb.hosts[1]
+    sock_path = tmp_path / "weavefast.sock"
+    router = tb.start(host, ROUTER + ["--name", "withplugin", "--bridge", host.bridge, "--plugin",
+                                      "--plugin-socket", str(sock_path),
+                                      "--plugin-state-dir", str(tmp_path / "state"),
+                                      "--status-addr", "127.0.0.1:6793"])
+    tb.wait_for(sock_path.exists, what="plugin socket")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(sock_path))
+        s.sendall(b"POST /Plugin.Activate HTTP/1.1\r\nHost: plugin\r\nContent-Length: 0\r\n\r\n")
+        reply = s.recv(4096).decode()
+    assert reply.startswith("HTTP/1.") and " 200 " in reply.splitlines()[0]
+    assert json.loads(reply.split("\r\n\r\n", 1)[1]) == {"Implements": ["NetworkDriver", "IpamDriver"]}
+    assert router.stop(grace=10) == 0, router.output()
+    assert not sock_path.exists()

@@ -1,0 +1,128 @@
+"""`weavefast status|report|connect|forget`: talk to a running router's status API."""
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from dataplane.control.mesh import parse_address
+from dataplane.control.status import DEFAULT_ADDRESS
+
+
+def add_arguments_for(name, parser):
+    parser.add_argument("--status-addr", default="%s:%d" % DEFAULT_ADDRESS, metavar="HOST:PORT",
+                        help="the router's status API (default %(default)s)")
+    if name == "status":
+        parser.add_argument("what", nargs="?", choices=["peers"],
+                            help="'peers': one line per peer")
+    elif name in ("connect", "forget"):
+        parser.add_argument("peer", metavar="HOST[:PORT]",
+                            help="address of the peer" + (" (or its name)" if name == "forget" else ""))
+
+
+def run(args):
+    try:
+        base = "http://%s:%d" % parse_address(args.status_addr, DEFAULT_ADDRESS[1])
+        host, port = parse_address(getattr(args, "peer", ""), 0)
+    except ValueError:
+        print(f"weavefast {args.command}: the port must be a number (HOST:PORT)", file=sys.stderr)
+        return 2
+    try:
+        if args.command in ("connect", "forget"):
+            reply = _request(base + "/" + args.command, {"host": host, "port": port or None})
+            print(", ".join(reply["forgotten"]) + ": forgotten" if "forgotten" in reply
+                  else f"connecting to {reply['connecting']}")
+            return 0
+        status = _request(base + "/status")
+    except urllib.error.HTTPError as exc:
+        print(f"weavefast {args.command}: {json.load(exc).get('error', exc)}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"weavefast {args.command}: no router answers at {base} ({getattr(exc, 'reason', exc)}); "
+              "is `weavefast router` running?", file=sys.stderr)
+        return 1
+    if args.command == "report":
+        json.dump(status, sys.stdout, indent=2)
+        print()
+    elif args.what == "peers":
+        print(format_peers(status))
+    else:
+        print(format_status(status))
+    return 0
+
+
+def _request(url, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=10) as reply:
+        return json.load(reply)
+
+
+def human_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+
+
+def human_age(since, now=None):
+    seconds = int((now or time.time()) - since)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+
+
+def _transfer(counters, prefix=""):
+    rx, tx = counters.get(prefix + "rx_bytes"), counters.get(prefix + "tx_bytes")
+    if rx is None and tx is None:
+        return None
+    return f"{human_bytes(rx or 0)} received, {human_bytes(tx or 0)} sent"
+
+
+def format_status(status, now=None):
+    """A summary in the spirit of `wg show`."""
+    offloads = [name for name, on in sorted(status["offloads"].items()) if on]
+    drops = sum(status["drops"].values())
+    lines = [
+        f"router: {status['name']}",
+        f"  peer id: {status['peer_id']}",
+        f"  listening port: {status['port']}",
+        f"  network secret: {'yes' if status['authenticated'] else 'none'}",
+        f"  offloads: {', '.join(offloads) or 'none'}",
+        f"  mac table: {status['mac_table']['size']} entries",
+    ]
+    transfer = _transfer(status["counters"], "udp_")
+    if transfer:
+        lines.append(f"  transfer: {transfer}")
+    lines.append(f"  drops: {drops}" + (" (" + ", ".join(
+        f"{reason} {n}" for reason, n in sorted(status["drops"].items()) if n) + ")" if drops else ""))
+    for peer in status["peers"]:
+        ident = f" (peer id {peer['peer_id']})" if peer["peer_id"] else ""
+        lines += ["", f"peer: {peer['name'] or peer['address']}{ident}",
+                  f"  state: {peer['state']} for {human_age(peer['since'], now)}",
+                  f"  endpoint: {peer['endpoint'] or peer['address']}"]
+        if peer["route"]:
+            lines.append(f"  route: {peer['route']}")
+        if peer["rtt_ms"] is not None:
+            lines.append(f"  rtt: {peer['rtt_ms']:.2f} ms")
+        transfer = _transfer(peer["counters"])
+        if transfer:
+            lines.append(f"  transfer: {transfer}")
+        if peer["last_error"] and peer["state"] != "established":
+            lines.append(f"  last error: {peer['last_error']}")
+    return "\n".join(lines)
+
+
+def format_peers(status):
+    rows = [("PEER", "ID", "STATE", "ENDPOINT", "ROUTE", "RTT", "LAST ERROR")]
+    for peer in status["peers"]:
+        rows.append((peer["name"] or "?", str(peer["peer_id"] or "?"), peer["state"],
+                     peer["endpoint"] or peer["address"], peer["route"] or "-",
+                     f"{peer['rtt_ms']:.2f} ms" if peer["rtt_ms"] is not None else "-",
+                     peer["last_error"] if peer["state"] != "established" and peer["last_error"] else ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1]).rstrip()
+                     for row in rows)

@@ -1,0 +1,621 @@
+"""The control plane a router runs: membership, liveness, routing.
+
+One TCP control connection per peer pair (protocol.py), data-path heartbeats
+as CONTROL datagrams through the Dataplane facade, a link-state database
+gossiped over the control connections, and routes pushed to the dataplane.
+Everything runs on one asyncio loop; `status()`, `connect()` and `forget()`
+are what the status API exposes.
+"""
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from dataplane.control import protocol
+from dataplane.control.routing import next_hops
+
+log = logging.getLogger("weavefast.control")
+
+CONNECTING, ESTABLISHED, FAILED, RETRYING = "connecting", "established", "failed", "retrying"
+
+
+@dataclass
+class ControlConfig:
+    name: str
+    peer_id: int
+    port: int = 6783  # TCP control connections and UDP data share the number
+    peers: Sequence[str] = ()  # "host[:port]" to connect to at start
+    password: bytes | None = None  # network secret; None = no authentication
+    down_after: float = 3.0  # a peer silent this long is declared down
+    backoff_initial: float = 0.5
+    backoff_max: float = 10.0
+    listen_host: str | None = None  # None = every address
+    versions: tuple[int, int] = protocol.VERSIONS
+
+    @property
+    def heartbeat_interval(self):
+        return self.down_after / 6
+
+
+def parse_address(text: str, default_port: int) -> tuple[str, int]:
+    """"host", "host:port", "[v6]:port" or a bare IPv6 address."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    if text.count(":") == 1:
+        host, port = text.split(":")
+        return host, int(port)
+    return text, default_port
+
+
+def format_address(address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def backoff_delay(failures: int, initial: float, cap: float) -> float:
+    """Delay before the next attempt after `failures` consecutive failures."""
+    return min(cap, initial * 2 ** max(0, failures - 1))
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.IncompleteReadError):
+        return "connection closed by the peer"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)
+
+
+def unmapped(host):
+    """10.0.0.1 for ::ffff:10.0.0.1 (an IPv4 peer on a dual-stack socket)."""
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
+
+
+class Connection:
+    """An authenticated control connection."""
+
+    def __init__(self, reader, writer, outbound, handshake: protocol.Handshake):
+        self.reader, self.writer, self.outbound = reader, writer, outbound
+        self.identity = handshake.identity
+        self.version = handshake.version
+        self.session_key = handshake.session_key
+        self.remote_host = unmapped(writer.get_extra_info("peername")[0])
+        self.opened = self.last_rx = time.monotonic()
+
+    def send(self, message):
+        if not self.writer.is_closing():
+            self.writer.write(protocol.encode_message(message))
+
+    def close(self):
+        self.writer.close()
+
+
+class Peer:
+    """A router this one keeps a connection to (or learned about)."""
+
+    def __init__(self, address, peer_id=None, name=None):
+        self.address = address  # (host, port) to dial
+        self.peer_id, self.name = peer_id, name
+        self.endpoint = None  # (ip, data port) seen on the control connection
+        self.udp_address = None  # where its data-path heartbeats come from (NAT)
+        self.state, self.last_error, self.since = CONNECTING, None, time.time()
+        self.conn: Connection | None = None
+        self.dialing = False
+        self.failures = 0
+        self.next_attempt = 0.0
+        self.heartbeat_seen = None  # monotonic time of the last data-path pong
+        self.previous_key = None  # session key of a connection just replaced by a duplicate
+        self.highest_ping = -1
+        self.rtt = None
+        self.in_dataplane = False
+        self.heartbeats = {"sent": 0, "answered": 0, "rejected": 0}  # data-path pings, pongs, bad MACs
+
+    @property
+    def label(self):
+        return self.name or format_address(self.address)
+
+
+class ControlPlane:
+    def __init__(self, dataplane, config: ControlConfig):
+        self.dp = dataplane
+        self.config = config
+        self.me = protocol.Identity(config.name, config.peer_id, config.port, os.urandom(8).hex())
+        self.peers: list[Peer] = []
+        self.forgotten: list[tuple[int | None, str | None, tuple]] = []  # (peer_id, name, address)
+        self.link_states = {}  # peer_id -> {"name", "version", "links": set}
+        self.link_version = time.time_ns()  # grows across restarts, so peers take the new state
+        self.routes = {}  # peer_id -> (next hop, hop count)
+        self._pushed = {}  # peer_id -> (up, via) last given to the dataplane
+        self.bad_heartbeats = 0
+        self._ping_seq = 0
+        self._tasks = set()
+        self._writers = set()
+        self._gossip_pending = False
+        self._stopping = False
+        self._server = self._loop = None
+
+    # Lifecycle.
+
+    async def start(self):
+        self._loop = asyncio.get_running_loop()
+        self._server = await asyncio.start_server(self._on_accept, self.config.listen_host,
+                                                  self.config.port)
+        self._loop.add_reader(self.dp.control_fd, self._on_control)
+        for spec in self.config.peers:
+            self._add_target(parse_address(spec, self.config.port))
+        self._links_changed()
+        self._spawn(self._ticker())
+        log.info("control plane of %s (peer id %d) listening on TCP port %d", self.me.name,
+                 self.me.peer_id, self.config.port)
+
+    async def stop(self):
+        self._stopping = True
+        self._loop.remove_reader(self.dp.control_fd)
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    def _spawn(self, coro):
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task):
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception():
+            log.error("control plane task failed", exc_info=task.exception())
+
+    # Peer table.
+
+    def _by_id(self, peer_id):
+        return next((p for p in self.peers if p.peer_id == peer_id), None)
+
+    def _by_address(self, address):
+        return next((p for p in self.peers if address in (p.address, p.endpoint)), None)
+
+    def _is_forgotten(self, peer_id=None, address=None):
+        return any(peer_id is not None and peer_id == fid or address is not None and address == faddr
+                   for fid, _, faddr in self.forgotten)
+
+    def _add_target(self, address, peer_id=None, name=None):
+        peer = self._by_address(address) or (peer_id and self._by_id(peer_id))
+        if not peer:
+            peer = Peer(address, peer_id, name)
+            self.peers.append(peer)
+        return peer
+
+    def _set_state(self, peer, state, error=None):
+        if error and error != peer.last_error:
+            log.warning("%s: %s", peer.label, error)
+        if error:
+            peer.last_error = error
+        if state != peer.state:
+            peer.state, peer.since = state, time.time()
+
+    def _ensure_in_dataplane(self, peer, host, port):
+        if not peer.in_dataplane:
+            self.dp.add_peer(peer.peer_id, host, port)
+            peer.in_dataplane = True
+            # Not up (no floods to it) until routing says it is reachable.
+            self.dp.set_peer_up(peer.peer_id, False)
+            self._pushed[peer.peer_id] = (False, None)
+        else:
+            self.dp.set_peer_address(peer.peer_id, host, port)
+
+    def _retire_id(self, peer):
+        """Takes the peer's id out of the dataplane and the link-state database."""
+        if peer.in_dataplane:
+            self.dp.remove_peer(peer.peer_id)
+            self._pushed.pop(peer.peer_id, None)
+            peer.in_dataplane = False
+        self.link_states.pop(peer.peer_id, None)
+        if peer.conn:
+            conn, peer.conn = peer.conn, None
+            conn.close()
+        peer.peer_id = None
+
+    def _remove(self, peer):
+        self.peers.remove(peer)
+        self._retire_id(peer)
+
+    def _send_control(self, peer, payload):
+        try:
+            self.dp.send_control(payload, peer_id=peer.peer_id)
+        except OSError as exc:  # e.g. no route to the peer's host right now
+            log.debug("heartbeat to %s: %s", peer.label, describe(exc))
+
+    # Connections.
+
+    def _on_accept(self, reader, writer):
+        self._spawn(self._serve(reader, writer, outbound=False))
+
+    async def _dial(self, peer):
+        host, port = peer.address
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port),
+                                                    self.config.down_after)
+        except (OSError, TimeoutError) as exc:
+            peer.dialing = False
+            self._failed(peer, f"cannot connect to {format_address(peer.address)}: {describe(exc)}")
+            return
+        await self._serve(reader, writer, outbound=True, dialed=peer)
+
+    async def _serve(self, reader, writer, outbound, dialed=None):
+        self._writers.add(writer)
+        remote = format_address(writer.get_extra_info("peername")[:2])
+        try:
+            try:
+                handshake = await asyncio.wait_for(protocol.handshake(
+                    reader, writer, self.me, self.config.password, outbound,
+                    accept=self._accept_identity, versions=self.config.versions),
+                    self.config.down_after)
+            except protocol.HandshakeError as exc:
+                if exc.itself:  # e.g. the same --peer list on every host
+                    if dialed in self.peers:
+                        self.peers.remove(dialed)
+                        log.info("%s is this router itself: not a peer",
+                                 format_address(dialed.address))
+                    return
+                reason = f"refused by {remote}: {exc.reason}" if exc.by_peer else f"refused: {exc.reason}"
+                if dialed:
+                    dialed.dialing = False
+                    self._failed(dialed, reason)  # logs it
+                else:
+                    log.warning("%s: %s", remote, reason)
+                return
+            except (protocol.ProtocolError, OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                if dialed:
+                    dialed.dialing = False
+                    self._failed(dialed, f"handshake with {remote} failed: {describe(exc)}")
+                else:
+                    log.info("handshake with %s failed: %s", remote, describe(exc))
+                return
+            if dialed:
+                dialed.dialing = False
+            conn = Connection(reader, writer, outbound, handshake)
+            peer = self._attach(conn, dialed)
+            if peer is None:
+                return
+            reason = "connection closed"
+            try:
+                while True:
+                    message = await protocol.read_message(reader)
+                    conn.last_rx = time.monotonic()
+                    self._handle(peer, conn, message)
+            except protocol.HandshakeError as exc:
+                reason = f"refused by {peer.label}: {exc.reason}"
+            except (protocol.ProtocolError, OSError, asyncio.IncompleteReadError) as exc:
+                reason = f"control connection lost: {describe(exc)}"
+            finally:
+                if peer.conn is conn and not self._stopping:
+                    self._lost(peer, reason)
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    def _accept_identity(self, identity):
+        if self._is_forgotten(peer_id=identity.peer_id):
+            return (f"{self.me.name} was told to forget {identity.name}; run `weavefast connect` "
+                    f"on {self.me.name} to peer again")
+        known = self._by_id(identity.peer_id)
+        if known and known.conn and known.name != identity.name:
+            return f"peer id {identity.peer_id} of {identity.name} is already used by {known.name}"
+        return None
+
+    def _preferred(self, new, old):
+        """Of two connections between the same pair, both ends keep the one the
+        router with the lower peer id opened."""
+        def opened_by(conn):
+            return self.me.peer_id if conn.outbound else conn.identity.peer_id
+        lower = min(self.me.peer_id, new.identity.peer_id)
+        return opened_by(new) == lower and opened_by(old) != lower
+
+    def _attach(self, conn, dialed):
+        identity = conn.identity
+        if dialed and dialed not in self.peers:
+            return None  # forgotten while the handshake ran
+        peer = self._by_id(identity.peer_id)
+        if dialed and peer is not dialed:
+            if peer is None:
+                peer = dialed
+            else:  # the address we dialed belongs to a peer known under another address
+                self._remove(dialed)
+                if not peer.conn:
+                    peer.address = dialed.address
+        if peer is None:
+            peer = self._add_target((conn.remote_host, identity.port))
+        if peer.peer_id not in (None, identity.peer_id):
+            log.info("%s now answers as %s (peer id %d), no longer as peer id %d",
+                     format_address(peer.address), identity.name, identity.peer_id, peer.peer_id)
+            self._retire_id(peer)
+        peer.previous_key = None
+        if peer.conn:
+            old = peer.conn
+            if old.identity.incarnation == identity.incarnation:
+                if not self._preferred(conn, old):
+                    return None
+                # Both ends dialled: the same router, now over the preferred connection.
+                # Heartbeats under way still carry the old session's key.
+                peer.previous_key = old.session_key
+            peer.conn = None
+            old.close()
+        peer.conn, peer.peer_id, peer.name = conn, identity.peer_id, identity.name
+        peer.highest_ping = -1
+        if not peer.previous_key:
+            was_established = peer.state == ESTABLISHED
+            peer.endpoint = (conn.remote_host, identity.port)
+            peer.heartbeat_seen = peer.rtt = peer.udp_address = None
+            self._ensure_in_dataplane(peer, *peer.endpoint)
+            self._set_state(peer, CONNECTING)
+            log.info("control connection with %s (peer id %d) at %s, protocol version %d",
+                     identity.name, identity.peer_id, format_address(peer.endpoint), conn.version)
+            if was_established:  # it restarted
+                self._links_changed()
+        conn.send(self._gossip_message())
+        self._send_ping(peer)
+        return peer
+
+    def _failed(self, peer, reason):
+        if peer.conn or peer not in self.peers:
+            return  # another connection to the same peer is up, or the peer was forgotten
+        peer.failures += 1
+        peer.next_attempt = time.monotonic() + backoff_delay(
+            peer.failures, self.config.backoff_initial, self.config.backoff_max)
+        self._set_state(peer, FAILED, reason)
+
+    def _lost(self, peer, reason):
+        was_established = peer.state == ESTABLISHED
+        peer.conn = None
+        peer.rtt = None
+        self._failed(peer, reason)
+        if was_established:
+            self._links_changed()
+
+    def _handle(self, peer, conn, message):
+        kind = message["type"]
+        if kind == "gossip":
+            try:
+                self._merge_gossip(message)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise protocol.ProtocolError(f"malformed gossip: {exc!r}") from None
+        elif kind == "error":
+            raise protocol.HandshakeError(str(message.get("reason")), by_peer=True)
+        # "heartbeat" only refreshes conn.last_rx; unknown types come from newer versions
+
+    # Liveness.
+
+    async def _ticker(self):
+        while True:
+            try:
+                self._tick(time.monotonic())
+            except Exception:  # liveness must outlive a bug in one peer's bookkeeping
+                log.exception("heartbeat round failed")
+            await asyncio.sleep(self.config.heartbeat_interval)
+
+    def _tick(self, now):
+        down = self.config.down_after
+        for peer in list(self.peers):
+            conn = peer.conn
+            if not conn:
+                continue
+            if now - conn.last_rx > down:
+                self._drop(peer, f"no heartbeat on the control connection for {down:g} s")
+            elif now - (peer.heartbeat_seen or conn.opened) > down:
+                self._drop(peer, f"no data-path heartbeat for {down:g} s" if peer.heartbeat_seen else
+                           f"no answer to data-path heartbeats in {down:g} s (UDP blocked?)")
+            else:
+                conn.send({"type": "heartbeat"})
+                self._send_ping(peer)
+        self._dial_due(now)
+
+    def _drop(self, peer, reason):
+        conn = peer.conn
+        self._lost(peer, reason)
+        conn.close()
+
+    def _dial_due(self, now=None):
+        now = time.monotonic() if now is None else now
+        for peer in self.peers:
+            if peer.conn or peer.dialing or now < peer.next_attempt:
+                continue
+            peer.dialing = True
+            self._set_state(peer, RETRYING if peer.failures else CONNECTING)
+            self._spawn(self._dial(peer))
+
+    def _send_ping(self, peer):
+        self._ping_seq += 1
+        peer.heartbeats["sent"] += 1
+        self._send_control(peer, protocol.encode_heartbeat(
+            peer.conn.session_key, protocol.PING, self._ping_seq, time.monotonic()))
+
+    def _on_control(self):
+        for src_peer, address, payload in self.dp.recv_control():
+            peer = self._by_id(src_peer)
+            heartbeat = key = None
+            for key in (peer.conn.session_key, peer.previous_key) if peer and peer.conn else ():
+                heartbeat = key and protocol.decode_heartbeat(key, payload)
+                if heartbeat:
+                    break
+            if not heartbeat:
+                self.bad_heartbeats += 1
+                if peer:
+                    peer.heartbeats["rejected"] += 1
+                continue
+            kind, seq, timestamp = heartbeat
+            if kind == protocol.PING:
+                # Only a newer ping moves the address: a replayed one cannot.
+                if seq > peer.highest_ping:
+                    peer.highest_ping = seq
+                    address = tuple(address[:2])
+                    if address != peer.udp_address:
+                        if peer.udp_address or address != peer.endpoint:
+                            log.info("%s: data path now at %s", peer.label, format_address(address))
+                        peer.udp_address = address
+                        self.dp.set_peer_address(src_peer, *address)
+                self._send_control(peer, protocol.encode_heartbeat(key, protocol.PONG, seq, timestamp))
+            else:
+                peer.heartbeats["answered"] += 1
+                peer.rtt = time.monotonic() - timestamp
+                peer.heartbeat_seen = time.monotonic()
+                if peer.state != ESTABLISHED:
+                    peer.failures = 0
+                    self._set_state(peer, ESTABLISHED)
+                    log.info("%s (peer id %d) established, RTT %.2f ms", peer.name, peer.peer_id,
+                             peer.rtt * 1000)
+                    self._links_changed()
+
+    # Membership and routing.
+
+    def _own_links(self):
+        return {p.peer_id for p in self.peers if p.state == ESTABLISHED}
+
+    def _links_changed(self):
+        self.link_version += 1
+        self.link_states[self.me.peer_id] = {"name": self.me.name, "version": self.link_version,
+                                             "links": self._own_links()}
+        self._recompute_routes()
+        self._schedule_gossip()
+
+    def _recompute_routes(self):
+        links = {pid: state["links"] for pid, state in self.link_states.items()
+                 if not self._is_forgotten(peer_id=pid)}
+        self.routes = {dst: route for dst, route in next_hops(self.me.peer_id, links).items()
+                       if not self._is_forgotten(peer_id=dst)}
+        for peer in self.peers:
+            if not peer.in_dataplane:
+                continue
+            route = self.routes.get(peer.peer_id)
+            wanted = (True, None if route[0] == peer.peer_id else route[0]) if route else (False, None)
+            if self._pushed.get(peer.peer_id) != wanted:
+                self.dp.set_route(peer.peer_id, wanted[1])
+                self.dp.set_peer_up(peer.peer_id, wanted[0])
+                self._pushed[peer.peer_id] = wanted
+
+    def _gossip_message(self):
+        return {
+            "type": "gossip",
+            "peers": [{"peer_id": p.peer_id, "name": p.name, "host": p.endpoint[0],
+                       "port": p.endpoint[1]} for p in self.peers if p.state == ESTABLISHED],
+            "links": [{"peer_id": pid, "name": s["name"], "version": s["version"],
+                       "links": sorted(s["links"])} for pid, s in self.link_states.items()],
+        }
+
+    def _schedule_gossip(self):
+        if not self._gossip_pending and self._loop:
+            self._gossip_pending = True
+            self._loop.call_soon(self._send_gossip)
+
+    def _send_gossip(self):
+        self._gossip_pending = False
+        message = self._gossip_message()
+        for peer in self.peers:
+            if peer.conn:
+                peer.conn.send(message)
+
+    def _merge_gossip(self, message):
+        changed = False
+        for entry in message["links"]:
+            pid, version = int(entry["peer_id"]), int(entry["version"])
+            known = self.link_states.get(pid)
+            if pid != self.me.peer_id and (known is None or version > known["version"]):
+                self.link_states[pid] = {"name": str(entry["name"]), "version": version,
+                                         "links": {int(p) for p in entry["links"]}}
+                changed = True
+        for entry in message["peers"]:
+            pid, address = int(entry["peer_id"]), (str(entry["host"]), int(entry["port"]))
+            if (pid == self.me.peer_id or self._by_id(pid) or self._by_address(address)
+                    or self._is_forgotten(pid, address)):
+                continue
+            peer = self._add_target(address, pid, str(entry["name"]))
+            self._ensure_in_dataplane(peer, *address)
+            log.info("learned about %s (peer id %d) at %s", peer.name, pid, format_address(address))
+            changed = True
+        if changed:
+            self._recompute_routes()
+            self._schedule_gossip()
+            self._dial_due()
+
+    # What the status API exposes.
+
+    async def connect(self, host, port=None):
+        """Adds a peer to keep a connection to; returns its address."""
+        address = (host, port or self.config.port)
+        ips = await self._resolve(host)
+        self.forgotten = [f for f in self.forgotten
+                          if not (f[1] == host or f[2][0] in ips and (port is None or f[2][1] == port))]
+        peer = self._add_target(address)
+        if not peer.conn:
+            peer.failures, peer.next_attempt = 0, 0.0
+        self._recompute_routes()
+        self._dial_due()
+        return format_address(address)
+
+    async def forget(self, host, port=None):
+        """Closes and stops connections to the matching peers; returns their labels."""
+        ips = await self._resolve(host)
+
+        def matches(peer):
+            addresses = [a for a in (peer.address, peer.endpoint) if a]
+            return peer.name == host or any(
+                a[0] in ips and (port is None or a[1] == port) for a in addresses)
+
+        gone = [p for p in self.peers if matches(p)]
+        for peer in gone:
+            self.forgotten.append((peer.peer_id, peer.name, peer.endpoint or peer.address))
+            if peer.conn:
+                peer.conn.send({"type": "error", "reason": f"{self.me.name} was told to forget {peer.name}"})
+            self._remove(peer)
+            log.info("forgot %s", peer.label)
+        if gone:
+            self._links_changed()
+        return [p.label for p in gone]
+
+    async def _resolve(self, host):
+        try:
+            infos = await self._loop.getaddrinfo(host, None)
+        except OSError:
+            return {host}
+        return {info[4][0] for info in infos} | {host}
+
+    def status(self) -> dict:
+        per_peer = self.dp.peer_counters()
+        names = {pid: s["name"] for pid, s in self.link_states.items()}
+        peers = []
+        for peer in sorted(self.peers, key=lambda p: (p.name or "", p.address)):
+            route = self.routes.get(peer.peer_id)
+            peers.append({
+                "name": peer.name, "peer_id": peer.peer_id,
+                "address": format_address(peer.address),
+                "endpoint": format_address(peer.udp_address or peer.endpoint) if peer.endpoint else None,
+                "state": peer.state, "since": peer.since, "last_error": peer.last_error,
+                "failures": peer.failures,
+                "rtt_ms": round(peer.rtt * 1000, 3) if peer.rtt is not None else None,
+                "route": None if not route else "direct" if route[0] == peer.peer_id
+                else f"via {names.get(route[0], route[0])}",
+                "counters": per_peer.get(peer.peer_id, {}),
+                "heartbeats": peer.heartbeats,
+            })
+        return {
+            "name": self.me.name, "peer_id": self.me.peer_id, "port": self.config.port,
+            "protocol_versions": list(self.config.versions),
+            "authenticated": bool(self.config.password), "down_after": self.config.down_after,
+            "peers": peers,
+            "routes": [{"peer_id": dst, "name": names.get(dst), "via": via,
+                        "via_name": names.get(via) if via != dst else None, "hops": hops}
+                       for dst, (via, hops) in sorted(self.routes.items())],
+            "mac_table": {"size": self.dp.fdb_size()},
+            "offloads": self.dp.status_offloads(),
+            "counters": self.dp.counters(),
+            "drops": self.dp.drops(),
+            "bad_heartbeats": self.bad_heartbeats,
+        }

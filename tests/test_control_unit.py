@@ -1,0 +1,404 @@
+"""Control plane without root: protocol, routing, and several ControlPlanes in
+one process talking over real loopback TCP and UDP sockets.
+
+FakeDataplane stands in for the facade (the real one needs root and a TAP):
+its CONTROL datagrams are real UDP datagrams with the real wire header; the
+forwarding levers (add_peer, set_route...) are recorded. tests/test_control_netns.py
+runs the same control plane on the real dataplane.
+"""
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import time
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from dataplane import reference
+from dataplane.control import ControlConfig, ControlPlane, cli, protocol
+from dataplane.control.mesh import ESTABLISHED, FAILED, backoff_delay, parse_address
+from dataplane.control.routing import next_hops
+from dataplane.control.status import StatusServer
+
+
+class FakeDataplane:
+    """The facade's control-plane levers over a loopback UDP socket."""
+
+    def __init__(self, peer_id, port=0):
+        self.peer_id = peer_id
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        self.peers = {}  # peer id -> {"address", "up", "via"}
+        self.silent = False  # drop everything sent and received, like a dead data path
+        self.blocked = set()  # peer ids whose datagrams are dropped both ways
+        self.sent = self.received = 0
+
+    def close(self):
+        self.sock.close()
+
+    @property
+    def control_fd(self):
+        return self.sock.fileno()
+
+    def add_peer(self, peer_id, host, port):
+        assert peer_id not in self.peers, "add_peer twice"
+        self.peers[peer_id] = {"address": (host, port), "up": True, "via": None}
+
+    def remove_peer(self, peer_id):
+        del self.peers[peer_id]
+
+    def set_peer_address(self, peer_id, host, port):
+        self.peers[peer_id]["address"] = (host, port)
+
+    def set_peer_up(self, peer_id, up):
+        self.peers[peer_id]["up"] = up
+
+    def set_route(self, dst_peer, via_peer):
+        assert via_peer is None or via_peer in self.peers
+        self.peers[dst_peer]["via"] = via_peer
+
+    def send_control(self, payload, peer_id=0, addr=None):
+        if self.silent or peer_id in self.blocked:
+            return
+        header = reference.encode_header(reference.TYPE_CONTROL, self.peer_id, peer_id, 0)
+        self.sock.sendto(header + payload, addr or self.peers[peer_id]["address"])
+        self.sent += 1
+
+    def recv_control(self):
+        messages = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                data, address = self.sock.recvfrom(2048)
+                datagram = reference.decode_datagram(data)
+                if not self.silent and datagram.src_peer not in self.blocked:
+                    messages.append((datagram.src_peer, address, datagram.control))
+                    self.received += 1
+        return messages
+
+    def counters(self):
+        return {"udp_rx_datagrams": self.received, "udp_tx_datagrams": self.sent}
+
+    def drops(self):
+        return {"bad_magic": 0}
+
+    def peer_counters(self):
+        return {pid: {"tx_frames": self.sent, "rx_frames": self.received} for pid in self.peers}
+
+    def fdb_size(self):
+        return 0
+
+    def status_offloads(self):
+        return {"udp_gso": False}
+
+
+class Node:
+    """A ControlPlane on a FakeDataplane; its control port is its UDP port unless given."""
+
+    def __init__(self, name, peer_id, peers=(), udp_port=0, control_port=None, **options):
+        self.dp = FakeDataplane(peer_id, udp_port)
+        options = {"down_after": 1.0, "backoff_initial": 0.1, "backoff_max": 0.4, **options}
+        self.cp = ControlPlane(self.dp, ControlConfig(
+            name, peer_id, port=control_port or self.dp.port,
+            peers=[f"127.0.0.1:{p.cp.config.port}" for p in peers], listen_host="127.0.0.1", **options))
+
+    def peer(self, name):
+        return next((p for p in self.cp.status()["peers"] if p["name"] == name), None)
+
+    def state(self, name):
+        peer = self.peer(name)
+        return peer and peer["state"]
+
+
+@contextlib.asynccontextmanager
+async def running(*nodes):
+    started = []
+    try:
+        for node in nodes:
+            await node.cp.start()
+            started.append(node)
+        yield nodes
+    finally:
+        for node in started:
+            await node.cp.stop()
+        for node in nodes:
+            node.dp.close()
+
+
+async def until(condition, what, timeout=10.0):
+    """Waits for a condition; the timeout only bounds a failing test."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"still not true after {timeout} s: {what}")
+        await asyncio.sleep(0.02)
+
+
+def free_tcp_port():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        return listener.getsockname()[1]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+# Protocol.
+
+def test_messages_are_length_prefixed_json_and_oversized_ones_are_refused():
+    async def scenario():
+        reader = asyncio.StreamReader()
+        frame = protocol.encode_message({"type": "gossip", "peers": []})
+        assert int.from_bytes(frame[:4], "big") == len(frame) - 4
+        assert json.loads(frame[4:]) == {"type": "gossip", "peers": []}
+        reader.feed_data(frame + (protocol.MAX_MESSAGE + 1).to_bytes(4, "big"))
+        assert await protocol.read_message(reader) == {"type": "gossip", "peers": []}
+        with pytest.raises(protocol.ProtocolError, match="exceeds"):
+            await protocol.read_message(reader)
+        reader = asyncio.StreamReader()
+        reader.feed_data(b"\0\0\0\x05[1,2]")
+        with pytest.raises(protocol.ProtocolError, match="string 'type'"):
+            await protocol.read_message(reader)
+    run(scenario())
+
+
+def test_version_negotiation_picks_the_highest_common_version():
+    assert protocol.negotiate_version((1, 3), (2, 5)) == 3
+    assert protocol.negotiate_version((1, 1), (1, 4)) == 1
+    assert protocol.negotiate_version((1, 1), (2, 3)) is None
+
+
+def test_heartbeats_only_verify_with_their_session_key():
+    ping = protocol.encode_heartbeat(b"k" * 32, protocol.PING, 7, 12.5)
+    assert protocol.decode_heartbeat(b"k" * 32, ping) == (protocol.PING, 7, 12.5)
+    assert protocol.decode_heartbeat(b"x" * 32, ping) is None
+    assert protocol.decode_heartbeat(b"k" * 32, ping[:-1] + bytes([ping[-1] ^ 1])) is None
+
+
+def test_address_parsing_and_backoff():
+    assert parse_address("10.0.0.1", 6783) == ("10.0.0.1", 6783)
+    assert parse_address("host1:7000", 6783) == ("host1", 7000)
+    assert parse_address("[fd00::1]:7000", 6783) == ("fd00::1", 7000)
+    assert parse_address("fd00::1", 6783) == ("fd00::1", 6783)
+    assert [backoff_delay(n, 0.5, 4) for n in range(1, 7)] == [0.5, 1, 2, 4, 4, 4]
+
+
+# Routing.
+
+def test_shortest_paths_relay_across_a_partial_mesh():
+    # 1-2, 2-3, 3-4, 2-4; 1 and 3 cannot reach each other.
+    links = {1: {2}, 2: {1, 3, 4}, 3: {2, 4}, 4: {2, 3}}
+    assert next_hops(1, links) == {2: (2, 1), 3: (2, 2), 4: (2, 2)}
+    assert next_hops(3, links) == {2: (2, 1), 4: (4, 1), 1: (2, 2)}
+
+
+def test_routing_ignores_links_only_one_end_reports():
+    # 3 still claims a link to 4, which no longer reports it (4 went down).
+    links = {1: {2}, 2: {1, 3}, 3: {2, 4}, 4: set()}
+    assert next_hops(1, links) == {2: (2, 1), 3: (2, 2)}
+    assert next_hops(1, {1: set(), 2: {1}}) == {}
+
+
+# Mesh over loopback.
+
+def test_joining_through_one_peer_meets_the_whole_mesh():
+    async def scenario():
+        a = Node("a", 1)
+        b, c, d = Node("b", 2, [a]), Node("c", 3, [a]), Node("d", 4, [a])
+        async with running(a, b, c, d):
+            nodes = {"a": a, "b": b, "c": c, "d": d}
+            await until(lambda: all(n.state(o) == ESTABLISHED for m, n in nodes.items()
+                                    for o in nodes if o != m), "full mesh of 4")
+            status = b.cp.status()
+            assert {r["name"]: r["via"] for r in status["routes"]} == {"a": 1, "c": 3, "d": 4}
+            assert all(p["up"] and p["via"] is None for p in b.dp.peers.values())
+            assert b.peer("c")["endpoint"] == f"127.0.0.1:{c.dp.port}"
+            # One control connection per pair even though both ends dialled.
+            assert all(len([p for p in n.cp.peers if p.conn]) == 3 for n in nodes.values())
+    run(scenario())
+
+
+def test_wrong_secret_is_refused_on_both_sides(caplog):
+    async def scenario():
+        a = Node("a", 1, password=b"right")
+        b = Node("b", 2, [a], password=b"wrong")
+        async with running(a, b):
+            await until(lambda: b.cp.peers[0].last_error, "b tried a")
+            assert b.cp.peers[0].state == FAILED
+            assert b.cp.peers[0].last_error == "refused: wrong network secret: a (peer id 1) failed " \
+                "authentication (its --password/--key-file differs from b's)"
+            await until(lambda: "refused: wrong network secret: b (peer id 2) failed authentication"
+                        in caplog.text, "a logged why")
+            assert not a.cp.peers and not a.dp.peers
+    with caplog.at_level(logging.WARNING, logger="weavefast.control"):
+        run(scenario())
+
+
+def test_a_secret_on_one_side_only_is_refused(caplog):
+    async def scenario():
+        a = Node("a", 1, password=b"s3cret")
+        b = Node("b", 2, [a])
+        async with running(a, b):
+            await until(lambda: b.cp.peers[0].last_error, "b tried a")
+            assert b.cp.peers[0].last_error == ("refused: a (peer id 1) requires a network secret "
+                                                "but b has none (--password/--key-file)")
+            await until(lambda: "refused: a requires a network secret but b (peer id 2) has none"
+                        in caplog.text, "a logged why")
+    with caplog.at_level(logging.WARNING, logger="weavefast.control"):
+        run(scenario())
+
+
+def test_version_mismatch_names_both_ranges(caplog):
+    async def scenario():
+        a = Node("a", 1)
+        b = Node("b", 2, [a], versions=(2, 3))
+        async with running(a, b):
+            await until(lambda: b.cp.peers[0].last_error, "b tried a")
+            assert b.cp.peers[0].state == FAILED
+            assert b.cp.peers[0].last_error == ("refused: protocol version mismatch: b speaks "
+                                                "version 2-3, a (peer id 1) speaks version 1")
+            await until(lambda: "refused: protocol version mismatch: a speaks version 1, "
+                        "b (peer id 2) speaks version 2-3" in caplog.text, "a logged why")
+    with caplog.at_level(logging.WARNING, logger="weavefast.control"):
+        run(scenario())
+
+
+def test_the_same_secret_establishes_and_a_silent_peer_is_declared_down_then_heals():
+    async def scenario():
+        a = Node("a", 1, password=b"s3cret")
+        b = Node("b", 2, [a], password=b"s3cret")
+        async with running(a, b):
+            await until(lambda: a.state("b") == ESTABLISHED, "a-b established")
+            assert a.peer("b")["rtt_ms"] is not None
+            b.dp.silent = True  # the data path dies, TCP still answers
+            await until(lambda: a.state("b") != ESTABLISHED, "b declared down")
+            assert "no data-path heartbeat for 1 s" in a.peer("b")["last_error"]
+            assert a.dp.peers[2]["up"] is False
+            b.dp.silent = False
+            await until(lambda: a.state("b") == ESTABLISHED and b.state("a") == ESTABLISHED,
+                        "a-b established again")
+            assert a.dp.peers[2]["up"] is True
+    run(scenario())
+
+
+def test_a_stopped_router_fails_and_a_restarted_one_rejoins():
+    async def scenario():
+        a = Node("a", 1)
+        b = Node("b", 2, [a])
+        async with running(a):
+            async with running(b):
+                await until(lambda: a.state("b") == ESTABLISHED, "a-b established")
+            await until(lambda: a.state("b") == FAILED, "b failed")
+            assert a.peer("b")["last_error"]
+            async with running(Node("b", 2, [a], udp_port=b.dp.port)):
+                await until(lambda: a.state("b") == ESTABLISHED, "b back without any command")
+    run(scenario())
+
+
+def test_udp_address_is_learned_from_heartbeats_behind_nat():
+    async def scenario():
+        a = Node("a", 1)
+        # b's UDP does not come from the port it announces: a must learn where it does.
+        b = Node("b", 2, [a], control_port=free_tcp_port())
+        nat = b.dp.port
+        async with running(a, b):
+            await until(lambda: a.state("b") == ESTABLISHED, "a-b established")
+            assert a.dp.peers[2]["address"] == ("127.0.0.1", nat)
+            assert a.peer("b")["endpoint"] == f"127.0.0.1:{nat}"
+    run(scenario())
+
+
+def test_partial_mesh_routes_through_the_middle_router():
+    async def scenario():
+        a, b = Node("a", 1), Node("b", 2)
+        c = Node("c", 3, [b])
+        a.cp.config.peers = [f"127.0.0.1:{b.cp.config.port}"]
+        async with running(b, c, a):
+            # Once a learns about c from b it dials c directly: cut that pair.
+            await until(lambda: a.state("c") == ESTABLISHED, "a-c established")
+            a.dp.blocked.add(3)
+            c.dp.blocked.add(1)
+            await until(lambda: a.state("c") != ESTABLISHED and a.peer("c")["route"] == "via b",
+                        "a reaches c through b")
+            assert a.dp.peers[3] == {"address": ("127.0.0.1", c.dp.port), "up": True, "via": 2}
+            assert {r["name"]: r["via_name"] for r in a.cp.status()["routes"]} == {"b": None, "c": "b"}
+    run(scenario())
+
+
+def test_status_api_metrics_cli_connect_and_forget(capsys):
+    async def scenario():
+        a, b = Node("a", 1), Node("b", 2)
+        async with running(a, b):
+            server = StatusServer(a.cp, ("127.0.0.1", 0), details=lambda: {"mtu": 1430})
+            await server.start()
+            try:
+                address = "%s:%d" % server.address
+
+                def command(*argv):
+                    parser = argparse.ArgumentParser()
+                    cli.add_arguments_for(argv[0], parser)
+                    args = parser.parse_args(["--status-addr", address, *argv[1:]])
+                    args.command = argv[0]
+                    code = cli.run(args)
+                    return code, capsys.readouterr()
+
+                def cli_async(*argv):
+                    return asyncio.get_running_loop().run_in_executor(None, command, *argv)
+
+                code, out = await cli_async("connect", f"127.0.0.1:{b.cp.config.port}")
+                assert code == 0 and "connecting to 127.0.0.1" in out.out
+                await until(lambda: a.state("b") == ESTABLISHED and b.state("a") == ESTABLISHED,
+                            "a-b established after connect")
+
+                code, out = await cli_async("report")
+                report = json.loads(out.out)
+                assert report["name"] == "a" and report["mtu"] == 1430
+                assert report["peers"][0]["state"] == ESTABLISHED and "drops" in report
+
+                code, out = await cli_async("status")
+                assert "router: a" in out.out and "peer: b (peer id 2)" in out.out
+                assert "state: established" in out.out and "route: direct" in out.out
+                code, out = await cli_async("status", "peers")
+                assert out.out.splitlines()[1].split()[:3] == ["b", "2", "established"]
+
+                metrics = await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: urllib.request.urlopen(
+                        f"http://{address}/metrics").read().decode())
+                families = {f.name: f for f in text_string_to_metric_families(metrics)}
+                up = families["weavefast_peer_up"].samples
+                assert [(s.labels["peer"], s.value) for s in up] == [("b", 1.0)]
+                sent = [s.value for s in families["weavefast_peer_heartbeats"].samples
+                        if s.labels["kind"] == "sent"]
+                assert sent and sent[0] > 0
+                assert "weavefast_peer_rtt_seconds" in families
+
+                code, out = await cli_async("forget", "127.0.0.1")
+                assert code == 0 and "b: forgotten" in out.out
+                assert a.peer("b") is None and 2 not in a.dp.peers
+                # b keeps trying; a refuses it and says why.
+                await until(lambda: "a was told to forget b" in (b.peer("a")["last_error"] or ""),
+                            "b told why")
+                assert a.peer("b") is None
+                code, out = await cli_async("forget", "127.0.0.1")
+                assert code == 1 and "no peer matches" in out.err
+
+                await cli_async("connect", f"127.0.0.1:{b.cp.config.port}")
+                await until(lambda: a.state("b") == ESTABLISHED, "a-b established again")
+            finally:
+                await server.stop()
+    run(scenario())
+
+
+def test_cli_explains_when_no_router_answers(capsys):
+    parser = argparse.ArgumentParser()
+    cli.add_arguments_for("status", parser)
+    args = parser.parse_args(["--status-addr", f"127.0.0.1:{free_tcp_port()}"])
+    args.command = "status"
+    assert cli.run(args) == 1
+    assert "is `weavefast router` running?" in capsys.readouterr().err
