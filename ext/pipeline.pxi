@@ -291,9 +291,15 @@ cdef unsigned tx_batch(Worker *w) noexcept nogil:
             st[C_COUNT + WF_DROP_BAD_LENGTH] += 1
             continue
         vh = <virtio_net_hdr *>frame
-        has_vnet = vh.flags != 0 or vh.gso_type != 0
         eth = frame + WF_VNET_HDR_LEN
         elen = flen - WF_VNET_HDR_LEN
+        if vh.gso_type == VIRTIO_NET_HDR_GSO_NONE and vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            # One frame: finish its checksum so that it travels without the header.
+            if wf_csum_finish(eth, elen, vh.csum_start, vh.csum_offset) < 0:
+                st[C_COUNT + WF_DROP_BAD_LENGTH] += 1
+                continue
+            vh.flags = 0
+        has_vnet = vh.flags != 0 or vh.gso_type != 0
         st[C_TAP_RX_FRAMES] += 1
         st[C_TAP_RX_BYTES] += elen
         if vh.gso_type:

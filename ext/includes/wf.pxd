@@ -62,3 +62,6 @@ cdef extern from "reasm.h" nogil:
     const uint8_t *wf_reasm_feed(wf_reasm *r, uint32_t src, uint64_t seq, uint32_t total,
                                  uint32_t offset, const uint8_t *chunk, uint32_t len,
                                  uint64_t *dropped)
+
+cdef extern from "csum.h" nogil:
+    int wf_csum_finish(uint8_t *frame, size_t n, size_t start, size_t offset)
