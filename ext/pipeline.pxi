@@ -30,6 +30,7 @@ cdef enum:
     RX_CONTROL_MAX = 64
     LEARN_MAX = 1024
     REASM_SLOTS = 16
+    GATHER_MAX = 256
     POLL_MS = 1000
 
 cdef enum:  # counters
@@ -157,6 +158,15 @@ cdef struct Worker:
     Out *relay_out
     PeerView rx_view
     wf_reasm reasm
+    # A FRAGMENT message whose pieces all arrive in one batch is written to the
+    # TAP straight from the receive buffers; the reassembler copies only the rest.
+    uint32_t gather_src
+    uint64_t gather_seq
+    uint32_t gather_total
+    uint32_t gather_have
+    int gather_slot
+    unsigned gather_n
+    iovec gather_iov[GATHER_MAX + 1]   # [0] is for a zero virtio-net header
     Learned learned[LEARN_MAX]
     unsigned nlearned
     RxControl rx_control[RX_CONTROL_MAX]
@@ -392,34 +402,124 @@ cdef void rx_apply(Worker *w) noexcept nogil:
         write(sh.control_efd, &one, sizeof(one))
 
 
+cdef inline void rx_learn(Worker *w, const uint8_t *eth, size_t elen, uint32_t src_peer) noexcept nogil:
+    if w.nlearned == LEARN_MAX:
+        rx_apply(w)
+    w.learned[w.nlearned].key = frame_key(eth + 6, eth, elen)
+    w.learned[w.nlearned].peer = src_peer
+    w.nlearned += 1
+
+
+cdef inline void rx_written(Worker *w, uint64_t *st, bint ok, const uint8_t *data, size_t rlen,
+                            bint has_vnet, int src_slot) noexcept nogil:
+    if not ok:
+        st[C_COUNT + WF_DROP_TAP_WRITE] += 1
+        return
+    st[C_TAP_TX_FRAMES] += 1
+    st[C_TAP_TX_BYTES] += rlen - WF_VNET_HDR_LEN if has_vnet else rlen
+    if has_vnet and (<virtio_net_hdr *>data).gso_type:
+        st[C_SUPER_FRAMES_RX] += 1
+    w.rx_peer[src_slot][0] += 1
+    w.rx_peer[src_slot][1] += rlen
+
+
 cdef void rx_deliver(Worker *w, const uint8_t *p, size_t n, uint32_t src_peer, int src_slot,
                      uint64_t *st) noexcept nogil:
     """Writes every record of a checked FRAMES payload to the TAP."""
-    cdef size_t off = 0, rlen, elen
+    cdef size_t off = 0, rlen
     cdef const uint8_t *data
-    cdef const uint8_t *eth
     cdef bint has_vnet
     while off < n:
         rlen = wf_get16(p + off)
         has_vnet = p[off + 2] & WF_RFLAG_VNET
         data = p + off + WF_RECORD_HDR_LEN
         off += WF_RECORD_HDR_LEN + rlen
-        eth = data + WF_VNET_HDR_LEN if has_vnet else data
-        elen = rlen - WF_VNET_HDR_LEN if has_vnet else rlen
-        if w.nlearned == LEARN_MAX:
-            rx_apply(w)
-        w.learned[w.nlearned].key = frame_key(eth + 6, eth, elen)
-        w.learned[w.nlearned].peer = src_peer
-        w.nlearned += 1
-        if tap_write_frame(w.tap_fd, data, rlen, has_vnet) < 0:
-            st[C_COUNT + WF_DROP_TAP_WRITE] += 1
-            continue
-        st[C_TAP_TX_FRAMES] += 1
-        st[C_TAP_TX_BYTES] += elen
-        if has_vnet and (<virtio_net_hdr *>data).gso_type:
-            st[C_SUPER_FRAMES_RX] += 1
-        w.rx_peer[src_slot][0] += 1
-        w.rx_peer[src_slot][1] += rlen
+        if has_vnet:
+            rx_learn(w, data + WF_VNET_HDR_LEN, rlen - WF_VNET_HDR_LEN, src_peer)
+        else:
+            rx_learn(w, data, rlen, src_peer)
+        rx_written(w, st, tap_write_frame(w.tap_fd, data, rlen, has_vnet) == 0,
+                   data, rlen, has_vnet, src_slot)
+
+
+cdef void rx_reassemble(Worker *w, uint32_t src_peer, int src_slot, uint64_t seq, uint32_t total,
+                        uint32_t offset, const uint8_t *chunk, uint32_t n, uint64_t *st) noexcept nogil:
+    cdef unsigned count
+    cdef int err
+    cdef const uint8_t *whole = wf_reasm_feed(&w.reasm, src_peer, seq, total, offset, chunk, n,
+                                              &st[C_COUNT + WF_DROP_REASSEMBLY])
+    if whole == NULL:
+        return
+    err = wf_check_records(whole, total, &count)
+    if err:
+        st[C_COUNT + err] += 1
+        return
+    rx_deliver(w, whole, total, src_peer, src_slot, st)
+
+
+cdef void rx_gather_spill(Worker *w, uint64_t *st) noexcept nogil:
+    """Hands the pieces gathered so far to the reassembler (which copies them)."""
+    cdef unsigned i, n = w.gather_n
+    cdef uint32_t off = 0
+    w.gather_n = 0
+    for i in range(1, n + 1):
+        rx_reassemble(w, w.gather_src, w.gather_slot, w.gather_seq, w.gather_total, off,
+                      <uint8_t *>w.gather_iov[i].iov_base, w.gather_iov[i].iov_len, st)
+        off += w.gather_iov[i].iov_len
+
+
+cdef void rx_gather_deliver(Worker *w, uint64_t *st) noexcept nogil:
+    """Writes a whole gathered message that is one record, without copying it."""
+    cdef iovec *first = &w.gather_iov[1]
+    cdef uint8_t *p = <uint8_t *>first.iov_base
+    cdef size_t rlen = wf_get16(p)
+    cdef bint has_vnet = p[2] & WF_RFLAG_VNET
+    cdef size_t head = WF_RECORD_HDR_LEN + WF_ETH_HLEN + (WF_VNET_HDR_LEN if has_vnet else 0)
+    cdef ssize_t r
+    cdef int start
+    if rlen != w.gather_total - WF_RECORD_HDR_LEN or first.iov_len < head or rlen < head - WF_RECORD_HDR_LEN:
+        rx_gather_spill(w, st)   # several records, or an odd split: the general path
+        return
+    p += WF_RECORD_HDR_LEN
+    rx_learn(w, p + WF_VNET_HDR_LEN if has_vnet else p,
+             rlen - WF_VNET_HDR_LEN if has_vnet else rlen, w.gather_src)
+    first.iov_base = p
+    first.iov_len -= WF_RECORD_HDR_LEN
+    start = 1
+    if not has_vnet:
+        w.gather_iov[0].iov_base = ZERO_VNET_HDR
+        w.gather_iov[0].iov_len = WF_VNET_HDR_LEN
+        start = 0
+    while True:
+        r = writev(w.tap_fd, &w.gather_iov[start], w.gather_n + 1 - start)
+        if r >= 0 or errno != EINTR:
+            break
+    rx_written(w, st, r >= 0, p, rlen, has_vnet, w.gather_slot)
+    w.gather_n = 0
+
+
+cdef void rx_fragment(Worker *w, wf_header *h, int src_slot, uint32_t total, uint32_t offset,
+                      uint8_t *chunk, uint32_t n, uint64_t *st) noexcept nogil:
+    if w.gather_n and (w.gather_src != h.src_peer or w.gather_seq != h.seq
+                       or offset != w.gather_have or total != w.gather_total):
+        rx_gather_spill(w, st)
+    if w.gather_n == 0:
+        if offset != 0:
+            rx_reassemble(w, h.src_peer, src_slot, h.seq, total, offset, chunk, n, st)
+            return
+        w.gather_src = h.src_peer
+        w.gather_seq = h.seq
+        w.gather_total = total
+        w.gather_have = 0
+        w.gather_slot = src_slot
+    w.gather_n += 1
+    w.gather_iov[w.gather_n].iov_base = chunk
+    w.gather_iov[w.gather_n].iov_len = n
+    w.gather_have += n
+    if w.gather_have == total:
+        rx_gather_deliver(w, st)
+    elif w.gather_n == GATHER_MAX:
+        rx_gather_spill(w, st)
 
 
 cdef void rx_relay(Worker *w, uint8_t *p, size_t n, wf_header *h, uint64_t *st) noexcept nogil:
@@ -448,7 +548,6 @@ cdef void rx_datagram(Worker *w, uint8_t *p, size_t n, unsigned name, uint64_t *
     cdef int err, src_slot
     cdef unsigned count
     cdef uint32_t total, offset
-    cdef const uint8_t *whole
     cdef uint32_t local = w.sh.local_peer
     err = wf_get_header(p, n, &h)
     if err:
@@ -482,15 +581,7 @@ cdef void rx_datagram(Worker *w, uint8_t *p, size_t n, unsigned name, uint64_t *
     if err:
         st[C_COUNT + err] += 1
         return
-    whole = wf_reasm_feed(&w.reasm, h.src_peer, h.seq, total, offset, p + HDR_BLOCK,
-                          n - HDR_BLOCK, &st[C_COUNT + WF_DROP_REASSEMBLY])
-    if whole == NULL:
-        return
-    err = wf_check_records(whole, total, &count)
-    if err:
-        st[C_COUNT + err] += 1
-        return
-    rx_deliver(w, whole, total, h.src_peer, src_slot, st)
+    rx_fragment(w, &h, src_slot, total, offset, p + HDR_BLOCK, n - HDR_BLOCK, st)
 
 
 cdef inline size_t parse_rx_cmsgs(msghdr *mh, size_t n, uint32_t *overflows) noexcept nogil:
@@ -549,6 +640,8 @@ cdef unsigned rx_batch(Worker *w) noexcept nogil:
     if w.relay_out.nmsgs:
         out_flush(w.relay_out, w.udp_fd, &st[C_UDP_TX_DATAGRAMS], &st[C_UDP_TX_BYTES],
                   &st[C_COUNT + WF_DROP_UDP_SEND])
+    if w.gather_n:
+        rx_gather_spill(w, st)   # the receive buffers are about to be reused
     rx_apply(w)
     if overflows > w.socket_overflows:
         st[C_SOCKET_OVERFLOWS] = overflows - w.socket_overflows
