@@ -20,5 +20,5 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 python3 -m pip install -q --disable-pip-version-check "Cython==3.3.1" wheel "setuptools>=65"
-python3 -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test]"
+python3 -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test,bench]"
 echo "weavefast: set-up done ($(python3 -c 'import dataplane, dataplane._core; print(dataplane.__version__)'))"

@@ -1,0 +1,468 @@
+"""`weavefast bench`: weavefast against kernel VXLAN and a direct veth, same topology.
+
+Each system gets a fresh two-host testbed (`dataplane.testbed`: two host
+namespaces joined by a veth underlay, one container behind a bridge in each),
+built the same way, and the same measurements between container c1 (client) and
+container c2 (server):
+
+- ping RTT average and p99 (run first, on an idle path);
+- iperf3 TCP, 1 stream and 4 streams (Gbit/s received);
+- iperf3 UDP with 64-byte payloads at full rate (`-b 0 -l 64`): packets per
+  second *received*;
+- weavefast only: the two routers' CPU seconds (utime + stime from /proc) per GB
+  received during the 1-stream TCP run, and their peak resident memory (VmHWM).
+
+The systems differ only in what carries c1's frames to c2:
+
+- weavefast: `weavefast router` in each host, its TAP on the bridge (container MTU 1430);
+- vxlan: a kernel `vxlan` device on each bridge, VNI 42, UDP port 4789, remote =
+  the other host (container MTU 1450);
+- direct: no encapsulation. Each host routes its container's /32 over the underlay
+  veth and answers ARP for the remote container (proxy ARP on the bridge), so
+  the containers talk as on one subnet (container MTU 1500).
+
+Other engineers' and CI's work on a small machine makes single runs noisy:
+`--repeat N` measures every system N times, in turns, and reports the medians.
+
+Results: a table (each figure also as a ratio to kernel VXLAN), JSON, and a PNG
+chart when matplotlib is installed. Every namespace and process is removed at the
+end, also on failure, Ctrl-C or SIGTERM.
+"""
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from dataplane import testbed
+from dataplane.router import OFFLOAD_FLAGS
+
+SYSTEMS = ("weavefast", "vxlan", "direct")
+CONTAINER_MTU = {"weavefast": 1430, "vxlan": 1450, "direct": 1500}
+VXLAN_VNI = 42
+VXLAN_PORT = 4789
+VXLAN_IFNAME = "wfbvx"
+IPERF_PORT = 5201
+UDP_PAYLOAD = 64
+PREFIX_BASE = "wfb"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_main_pid = os.getpid()
+
+# (key in the JSON, label, unit shown, scale from the JSON value to the unit shown, better)
+METRICS = (
+    ("tcp1_gbps", "TCP 1 stream", "Gbit/s", 1, "higher"),
+    ("tcp4_gbps", "TCP 4 streams", "Gbit/s", 1, "higher"),
+    ("udp64_rx_pps", "UDP 64 B received", "kpps", 1e-3, "higher"),
+    ("ping_avg_ms", "ping RTT avg", "ms", 1, "lower"),
+    ("ping_p99_ms", "ping RTT p99", "ms", 1, "lower"),
+    ("router_cpu_s_per_gb", "router CPU per GB", "s/GB", 1, "lower"),
+    ("router_peak_rss_mb", "router peak RSS", "MB", 1, "lower"),
+)
+
+
+class BenchError(Exception):
+    """A measurement that could not be made; the message says which and why."""
+
+
+class _Interrupted(BaseException):
+    """SIGINT or SIGTERM, raised where the bench is so that the testbed is torn down."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--duration", type=int, default=5, metavar="SECONDS",
+                   help="length of each iperf3 run (default %(default)s)")
+    p.add_argument("--pings", type=int, default=200, help="pings per system, 10 ms apart (default %(default)s)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="measure every system N times, in turns, and report the medians (default 1)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run for CI: 1-second iperf3 runs, 20 pings (overrides --duration, --pings)")
+    p.add_argument("--only", default=",".join(SYSTEMS), metavar="LIST",
+                   help="comma-separated systems to measure, of: %(default)s")
+    p.add_argument("--json", default="bench-results/bench.json", metavar="PATH",
+                   help="where to write the results (default %(default)s)")
+    p.add_argument("--png", default="bench-results/bench.png", metavar="PATH",
+                   help="where to draw the chart, needs matplotlib (default %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="passed to each weavefast router (default 1)")
+    for flag in OFFLOAD_FLAGS:
+        option = f"--no-{flag.replace('_', '-')}"
+        p.add_argument(option, dest=f"no_{flag}", action="store_true", help="passed to each weavefast router")
+
+
+def run(args) -> int:
+    try:
+        systems = _parse_only(args.only)
+        if min(args.duration, args.pings, args.repeat) < 1:
+            raise ValueError("--duration, --pings and --repeat must be at least 1")
+    except ValueError as e:
+        print(f"weavefast bench: {e}", file=sys.stderr)
+        return 2
+    problem = _missing_prerequisite()
+    if problem:
+        print(f"weavefast bench: {problem}", file=sys.stderr)
+        return 2
+    duration, pings = (1, 20) if args.quick else (args.duration, args.pings)
+    router_args = ["--workers", str(args.workers)] + [
+        f"--no-{flag.replace('_', '-')}" for flag in OFFLOAD_FLAGS if getattr(args, f"no_{flag}")]
+    results = {
+        "command": " ".join(["weavefast", *sys.argv[1:]]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "load_average_before": os.getloadavg(),
+        "duration_s": duration,
+        "pings": pings,
+        "repeat": args.repeat,
+        "router_args": router_args,
+        "systems": {},
+        "errors": {},
+    }
+    previous_handlers = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    testbed.remove_leftovers(PREFIX_BASE)  # namespaces of a bench that was killed
+    rounds = {system: [] for system in systems}
+    try:
+        # in turns, so that a burst of load elsewhere on the machine hits one round of
+        # each system rather than every round of one
+        for turn in range(1, args.repeat + 1):
+            for system in systems:
+                if system in results["errors"]:
+                    continue
+                print(f"{system}: building the testbed (container MTU {CONTAINER_MTU[system]})"
+                      f"{f', round {turn} of {args.repeat}' if args.repeat > 1 else ''} ...", flush=True)
+                try:
+                    rounds[system].append(measure(system, duration, pings, router_args))
+                except BenchError as e:
+                    print(f"{system}: FAILED: {e}", file=sys.stderr)
+                    results["errors"][system] = str(e)
+    except _Interrupted as e:
+        print("interrupted; everything removed", file=sys.stderr)
+        return 128 + e.signum
+    finally:
+        # A signal may have cut a testbed's own teardown short: remove what is left.
+        testbed.remove_leftovers(f"{PREFIX_BASE}{os.getpid()}n")
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+    results["load_average_after"] = os.getloadavg()
+    results["systems"] = {system: medians(runs) for system, runs in rounds.items() if runs}
+    if args.repeat > 1:
+        results["rounds"] = rounds
+    results["ratios_vs_vxlan"] = ratios_vs_vxlan(results["systems"])
+    if results["systems"]:
+        print()
+        print(format_table(results))
+    write_json(results, Path(args.json))
+    print(f"results: {args.json}")
+    draw_chart_or_explain(results, Path(args.png))
+    return 1 if results["errors"] else 0
+
+
+def _parse_only(text):
+    systems = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown or not systems:
+        raise ValueError(f"--only {text!r}: choose from {', '.join(SYSTEMS)}")
+    return [s for s in SYSTEMS if s in systems]  # always in the same order
+
+
+def _missing_prerequisite():
+    if shutil.which("iperf3") is None:
+        return "iperf3 is not installed: apt-get install iperf3"
+    if shutil.which("ping") is None:
+        return "ping is not installed: apt-get install iputils-ping"
+    reason = testbed.netns_available()
+    if reason:
+        return f"{reason}; run it as root, e.g. `sudo weavefast bench`"
+    return None
+
+
+def _interrupt(signum, frame):
+    if os.getpid() != _main_pid:
+        # A fork that inherited this handler (pyroute2 forks to make a socket in a
+        # namespace and stops the child with SIGTERM): it must not unwind our stack
+        # and tear down the testbed from there.
+        os._exit(128 + signum)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the teardown short
+    raise _Interrupted(signum)
+
+
+# -- one system ---------------------------------------------------------------------
+
+def measure(system, duration, pings, router_args):
+    """Builds the testbed for `system`, measures, tears it down; returns the figures."""
+    try:
+        tb = testbed.Testbed(hosts=2, containers_per_host=1, overlay_mtu=CONTAINER_MTU[system],
+                             prefix=testbed.unique_prefix(PREFIX_BASE))
+    except Exception as e:
+        raise BenchError(f"building the testbed: {type(e).__name__}: {e}") from e
+    with tb:
+        try:
+            return _measure_in(tb, system, duration, pings, router_args)
+        except (OSError, subprocess.SubprocessError, RuntimeError, ValueError, KeyError) as e:
+            raise BenchError(f"{type(e).__name__}: {e}{_router_logs(tb)}") from e
+
+
+def _measure_in(tb, system, duration, pings, router_args):
+    c1, c2 = tb.containers
+    figures = {"container_mtu": CONTAINER_MTU[system]}
+    if system == "weavefast":
+        try:
+            tb.start_routers(extra_args=router_args)
+        except (RuntimeError, TimeoutError) as e:  # the message holds the router's output
+            raise BenchError(f"the routers did not start: {e}") from e
+        figures["offloads"] = tb.status(tb.hosts[0])["offloads"]
+    elif system == "vxlan":
+        add_vxlan(tb)
+    else:
+        route_directly(tb)
+    warmup = tb.ping(c1, c2.ip4, count=3, interval=0.1)
+    if not warmup.ok:
+        raise BenchError(f"{c1.name} cannot ping {c2.name} ({c2.ip4}):\n{warmup.output}{_router_logs(tb)}")
+    start_iperf_server(tb, c2)
+
+    rtts = ping_rtts(tb, c1, c2.ip4, pings)
+    figures["ping_avg_ms"] = sum(rtts) / len(rtts)
+    figures["ping_p99_ms"] = percentile(rtts, 99)
+    print(f"{system}: ping avg {figures['ping_avg_ms']:.3f} ms, p99 {figures['ping_p99_ms']:.3f} ms",
+          flush=True)
+
+    routers = [host.router for host in tb.hosts if host.router]
+    cpu_before = sum(map(cpu_seconds, routers))
+    tcp1 = iperf(tb, c1, c2, duration, ["-P", "1"])
+    cpu_used = sum(map(cpu_seconds, routers)) - cpu_before
+    figures["tcp1_gbps"] = tcp1["end"]["sum_received"]["bits_per_second"] / 1e9
+    figures["tcp1_retransmits"] = tcp1["end"]["sum_sent"].get("retransmits", 0)
+    if routers:
+        gigabytes = tcp1["end"]["sum_received"]["bytes"] / 1e9
+        figures["router_cpu_s"] = cpu_used
+        figures["router_cpu_s_per_gb"] = cpu_used / gigabytes if gigabytes else None
+    print(f"{system}: TCP 1 stream {figures['tcp1_gbps']:.2f} Gbit/s", flush=True)
+
+    tcp4 = iperf(tb, c1, c2, duration, ["-P", "4"])
+    figures["tcp4_gbps"] = tcp4["end"]["sum_received"]["bits_per_second"] / 1e9
+    print(f"{system}: TCP 4 streams {figures['tcp4_gbps']:.2f} Gbit/s", flush=True)
+
+    udp = iperf(tb, c1, c2, duration, ["-u", "-b", "0", "-l", str(UDP_PAYLOAD)])
+    received = udp["end"]["sum_received"]
+    sent = udp["end"]["sum_sent"]
+    figures["udp64_rx_pps"] = (received["packets"] - received["lost_packets"]) / received["seconds"]
+    figures["udp64_tx_pps"] = sent["packets"] / sent["seconds"]
+    print(f"{system}: UDP 64 B {figures['udp64_rx_pps'] / 1e3:.0f} kpps received "
+          f"({figures['udp64_tx_pps'] / 1e3:.0f} kpps sent)", flush=True)
+
+    if routers:
+        figures["router_peak_rss_mb"] = max(map(peak_rss_mb, routers))
+        statuses = {host.name: tb.status(host) for host in tb.hosts}
+        figures["router_counters"] = {name: status["counters"] for name, status in statuses.items()}
+        figures["router_drops"] = {name: {reason: n for reason, n in status["drops"].items() if n}
+                                   for name, status in statuses.items()}
+    return figures
+
+
+def _router_logs(tb):
+    logs = [f"\n--- {host.router.name} ---\n{host.router.output()[-2000:]}"
+            for host in tb.hosts if host.router]
+    return "".join(logs)
+
+
+# -- the three data paths -------------------------------------------------------------
+
+def add_vxlan(tb):
+    """A kernel VXLAN device on each host's bridge, unicast to the other host."""
+    h1, h2 = tb.hosts
+    for host, remote in ((h1, h2), (h2, h1)):
+        with IPRoute(netns=host.netns) as ipr:
+            underlay = ipr.link_lookup(ifname="ul0")[0]
+            ipr.link("add", ifname=VXLAN_IFNAME, kind="vxlan", vxlan_id=VXLAN_VNI,
+                     vxlan_port=VXLAN_PORT, vxlan_group=remote.underlay_ip,
+                     vxlan_local=host.underlay_ip, vxlan_link=underlay, mtu=CONTAINER_MTU["vxlan"])
+            index = ipr.link_lookup(ifname=VXLAN_IFNAME)[0]
+            ipr.link("set", index=index, master=ipr.link_lookup(ifname=host.bridge)[0], state="up")
+
+
+def route_directly(tb):
+    """No encapsulation: each host routes the other's container over the underlay and
+    answers its own container's ARP for it (proxy ARP), so the containers keep their
+    one-subnet addressing."""
+    h1, h2 = tb.hosts
+    for host, remote in ((h1, h2), (h2, h1)):
+        tb.sysctl(host.netns, {"net.ipv4.ip_forward": 1,
+                               f"net.ipv4.conf.{host.bridge}.proxy_arp": 1})
+        with IPRoute(netns=host.netns) as ipr:
+            bridge = ipr.link_lookup(ifname=host.bridge)[0]
+            underlay = ipr.link_lookup(ifname="ul0")[0]
+            for container in host.containers:
+                ipr.route("add", dst=f"{container.ip4}/32", oif=bridge)
+            for container in remote.containers:
+                ipr.route("add", dst=f"{container.ip4}/32", gateway=remote.underlay_ip, oif=underlay)
+
+
+# -- measurements ---------------------------------------------------------------------
+
+def start_iperf_server(tb, container, timeout=10.0):
+    tb.start(container, ["iperf3", "-s", "-p", str(IPERF_PORT)], name=f"{container.netns}-iperf3")
+
+    def listening():
+        result = tb.run(container, ["ss", "-Hltn", f"sport = :{IPERF_PORT}"], check=False)
+        return result.stdout.strip()
+
+    tb.wait_for(listening, timeout=timeout, what=f"iperf3 server in {container.name}")
+
+
+def iperf(tb, client, server, duration, extra, attempts=3):
+    """One iperf3 client run from `client` to `server`; its JSON report."""
+    argv = ["iperf3", "-c", server.ip4, "-p", str(IPERF_PORT), "-t", str(duration), "-J", *extra]
+    for attempt in range(attempts):
+        result = tb.run(client, argv, timeout=duration + 30, check=False)
+        try:
+            report = json.loads(result.stdout)
+        except ValueError:
+            raise BenchError(f"iperf3 {' '.join(extra)}: no JSON report\n{result.stdout}{result.stderr}"
+                             f"{_router_logs(tb)}")
+        error = report.get("error")
+        if not error:
+            return report
+        if "busy" not in error:  # the server may still be closing the previous test
+            break
+        time.sleep(1.0)
+    raise BenchError(f"iperf3 {' '.join(extra)}: {error}{_router_logs(tb)}")
+
+
+def ping_rtts(tb, src, dst_ip, count, interval=0.01):
+    """The RTT of each of `count` pings `interval` seconds apart, in ms."""
+    argv = ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", "1", dst_ip]
+    result = tb.run(src, argv, timeout=count * interval + 30, check=False)
+    rtts = [float(m) for m in re.findall(r"time=([\d.]+) ms", result.stdout)]
+    if not rtts:
+        raise BenchError(f"ping {dst_ip}: no replies\n{result.stdout}{result.stderr}{_router_logs(tb)}")
+    return rtts
+
+
+def percentile(values, pct):
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def cpu_seconds(process):
+    """utime + stime of `process` (all its threads), in seconds."""
+    stat = Path(f"/proc/{process.pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()  # the name in parentheses may hold spaces
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14 and 15 of proc(5)
+
+
+def peak_rss_mb(process):
+    status = Path(f"/proc/{process.pid}/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)[1]) / 1024
+
+
+# -- reporting --------------------------------------------------------------------------
+
+def medians(runs):
+    """One system's figures over its rounds: the median of each number; anything
+    else (offloads, counters) from the last round."""
+    merged = dict(runs[-1])
+    for key, value in merged.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            merged[key] = statistics.median(r[key] for r in runs if r.get(key) is not None)
+    return merged
+
+
+def ratios_vs_vxlan(systems):
+    """{system: {metric: value / kernel VXLAN's value}} for the metrics both have."""
+    baseline = systems.get("vxlan")
+    if not baseline:
+        return {}
+    return {name: {key: figures[key] / baseline[key]
+                   for key, *_ in METRICS if figures.get(key) and baseline.get(key)}
+            for name, figures in systems.items()}
+
+
+def format_table(results):
+    systems = list(results["systems"])
+    ratios = results["ratios_vs_vxlan"]
+    header = ["", *systems]
+    rows = [header]
+    for key, label, unit, scale, better in METRICS:
+        row = [f"{label} ({unit}, {better} is better)"]
+        for system in systems:
+            value = results["systems"][system].get(key)
+            cell = "-" if value is None else _number(value * scale)
+            if value is not None and key in ratios.get(system, {}) and system != "vxlan":
+                cell += f" ({ratios[system][key]:.2f}x)"
+            row.append(cell)
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
+                       enumerate(zip(row, widths))).rstrip() for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    medians_of = f"medians of {results['repeat']} rounds; " if results["repeat"] > 1 else ""
+    ratio_note = "(x) = ratio to kernel VXLAN" if ratios else "no ratios: kernel VXLAN was not measured"
+    notes = [f"{ratio_note}; {medians_of}iperf3 runs of {results['duration_s']:g} s, "
+             f"{results['pings']} pings 10 ms apart; {results['cpus']} CPUs, load average "
+             f"{results['load_average_before'][0]:.2f} before, {results['load_average_after'][0]:.2f} after"]
+    for system, error in results["errors"].items():
+        notes.append(f"{system}: FAILED: {error.splitlines()[0]}")
+    return "\n".join(lines + notes)
+
+
+def _number(x):
+    return f"{x:.3f}" if x < 1 else f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}"
+
+
+def write_json(results, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def draw_chart_or_explain(results, path):
+    try:
+        import matplotlib
+    except ImportError:
+        print("no chart: matplotlib is not installed (pip install matplotlib, "
+              "or apt-get install python3-matplotlib)")
+        return
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    systems = list(results["systems"])
+    metrics = [m for m in METRICS if any(results["systems"][s].get(m[0]) for s in systems)]
+    if not metrics:
+        return
+    colours = {"weavefast": "tab:orange", "vxlan": "tab:blue", "direct": "tab:gray"}
+    columns = min(4, len(metrics))
+    rows = math.ceil(len(metrics) / columns)
+    figure, axes = pyplot.subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows), squeeze=False)
+    for ax, (key, label, unit, scale, better) in zip(axes.flat, metrics):
+        values = [(results["systems"][s].get(key) or 0) * scale for s in systems]
+        labels = [_number(v) if v else "-" for v in values]
+        for i, system in enumerate(systems):
+            ratio = results["ratios_vs_vxlan"].get(system, {}).get(key)
+            if ratio is not None and system != "vxlan":
+                labels[i] += f"\n{ratio:.2f}x VXLAN"
+        bars = ax.bar(systems, values, color=[colours[s] for s in systems])
+        ax.bar_label(bars, labels=labels, fontsize=8)
+        ax.set_title(f"{label}\n({unit}, {better} is better)", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.margins(y=0.25)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.set_visible(False)
+    figure.suptitle(f"weavefast bench, {results['started']} (kernel {results['kernel']}, "
+                    f"{results['cpus']} CPUs)", fontsize=10)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+    print(f"chart: {path}")
