@@ -8,7 +8,7 @@ demo: setup
 	python3 -m dataplane demo
 
 test: setup
-	python3 -m pytest tests -q
+	python3 -m pytest tests bench --benchmark-disable -q
 
 bench: setup
 	python3 -m dataplane bench

@@ -1,15 +1,8 @@
-"""The `impl` fixture for micro-benchmarks: each stage is timed in the pure-Python
-reference and in the Cython core, which share one API (docs/ARCHITECTURE.md)."""
-import importlib
+"""Micro-benchmarks time each stage in the pure-Python reference and in the
+Cython core through the tests' `impl` fixture (tests/impls.py)."""
+import sys
+from pathlib import Path
 
-import pytest
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-
-@pytest.fixture(params=["reference", "core"])
-def impl(request):
-    if request.param == "reference":
-        return importlib.import_module("dataplane.reference")
-    try:
-        return importlib.import_module("dataplane._core")
-    except ImportError:
-        pytest.skip("Cython core not built (pip install -e . --no-build-isolation)")
+from impls import impl  # noqa: E402,F401  (a fixture, used by name)
