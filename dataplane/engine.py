@@ -7,6 +7,7 @@ Netlink work goes through pyroute2 rather than parsing `ip` output.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -29,6 +30,10 @@ FRAME_OVERHEAD = _core.HEADER_LEN + _core.RECORD_HDR_LEN + 14
 MIN_MTU = 576
 
 SO_RXQ_OVFL = 40
+SO_ATTACH_REUSEPORT_CBPF = 51
+BPF_LD, BPF_B, BPF_ABS = 0x00, 0x10, 0x20
+BPF_ALU, BPF_MOD, BPF_K = 0x04, 0x90, 0x00
+BPF_RET, BPF_A = 0x06, 0x10
 SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
@@ -65,7 +70,8 @@ class Dataplane:
         self.mtu = 0
         self.max_payload = 0
         self._taps: list[int] = []
-        self._socks: list[socket.socket] = []
+        self._socks: list[socket.socket] = []      # one per worker, on the overlay port
+        self._tx_socks: list[socket.socket] = []   # what each worker sends from
         self._created_bridge = False
         self._family = socket.AF_INET6
 
@@ -84,7 +90,8 @@ class Dataplane:
             self._open_taps()
             self._attach()
             self.engine = _core.Engine(
-                cfg.peer_id, list(zip(self._taps, (s.fileno() for s in self._socks))),
+                cfg.peer_id, [(tap, rx.fileno(), tx.fileno())
+                              for tap, rx, tx in zip(self._taps, self._socks, self._tx_socks)],
                 self.max_payload, self._family, udp_gso=self.offloads["udp_gso"],
                 fdb_capacity=cfg.fdb_capacity, fdb_max_age=cfg.fdb_max_age, batch=cfg.batch)
         except BaseException:
@@ -94,20 +101,24 @@ class Dataplane:
     def _open_sockets(self) -> None:
         cfg = self.config
         for _ in range(cfg.workers):
-            sock = self._bound_socket()
-            self._socks.append(sock)
-        sock = self._socks[0]
+            self._socks.append(self._bound_socket(cfg.port))
+        if cfg.workers > 1:
+            steer_by_sender_worker(self._socks[0], cfg.workers)
+        # Worker 0 sends from the overlay port; the others from a port of their
+        # own, so that the peer's SO_REUSEPORT group spreads their flows over its
+        # workers too (it hashes the source port).
+        self._tx_socks = self._socks[:1] + [self._bound_socket(0) for _ in range(cfg.workers - 1)]
         self.offloads["udp_gro"] = cfg.offloads.get("udp_gro", True) and all(
             _try_setsockopt(s, SOL_UDP, UDP_GRO, 1) for s in self._socks)
-        self.offloads["udp_gso"] = cfg.offloads.get("udp_gso", True) and probe_udp_gso(sock)
-        for s in self._socks:
+        self.offloads["udp_gso"] = cfg.offloads.get("udp_gso", True) and probe_udp_gso(self._socks[0])
+        for s in self._socks + self._tx_socks[1:]:
             _try_setsockopt(s, socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
             for opt, plain in ((getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF),
                                (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF)):
                 if not _try_setsockopt(s, socket.SOL_SOCKET, opt, SOCKET_BUFFER):
                     _try_setsockopt(s, socket.SOL_SOCKET, plain, SOCKET_BUFFER)
 
-    def _bound_socket(self) -> socket.socket:
+    def _bound_socket(self, port: int) -> socket.socket:
         cfg = self.config
         family = socket.AF_INET if ":" not in cfg.bind and cfg.bind else socket.AF_INET6
         try:
@@ -118,10 +129,10 @@ class Dataplane:
         self._family = family
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        if cfg.workers > 1:
+        if cfg.workers > 1 and port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
-            sock.bind((cfg.bind, cfg.port))
+            sock.bind((cfg.bind, port))
         except OSError as e:
             sock.close()
             if e.errno == errno.EADDRINUSE:
@@ -192,9 +203,10 @@ class Dataplane:
         for fd in self._taps:
             _core.close_fd(fd)   # a non-persistent TAP vanishes with its last fd
         self._taps.clear()
-        for s in self._socks:
+        for s in self._socks + self._tx_socks[1:]:
             s.close()
         self._socks.clear()
+        self._tx_socks.clear()
         if self._created_bridge:
             with IPRoute() as ipr:
                 for index in ipr.link_lookup(ifname=self.config.bridge):
@@ -225,6 +237,9 @@ class Dataplane:
 
     def drops(self) -> dict[str, int]:
         return self.engine.drops()
+
+    def worker_counters(self) -> list[dict[str, int]]:
+        return self.engine.worker_counters()
 
     def peer_counters(self) -> dict[int, dict[str, int]]:
         return self.engine.peer_counters()
@@ -271,6 +286,30 @@ def _try_offload(fd: int, flags: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def steer_by_sender_worker(sock: socket.socket, workers: int) -> None:
+    """Delivers what a peer's worker i sent to our worker i (mod workers).
+
+    The top byte of a datagram's seq is the sending worker's index, and every
+    fragment of a super-frame carries the same seq. Steering on it (instead of
+    the default hash of the addresses, the same for every flow) keeps each
+    flow on one worker end to end: the TAP queue we write a flow to is the one
+    the kernel hands its replies to ("tx follows rx").
+    """
+    seq_top_byte = 16   # offset in the weavefast header, counted from the UDP payload
+    program = [
+        (BPF_LD | BPF_B | BPF_ABS, 0, 0, seq_top_byte),
+        (BPF_ALU | BPF_MOD | BPF_K, 0, 0, workers),
+        (BPF_RET | BPF_A, 0, 0, 0),
+    ]
+    code = b"".join(struct.pack("=HBBI", *insn) for insn in program)
+    buf = ctypes.create_string_buffer(code, len(code))
+    fprog = struct.pack("@HP", len(program), ctypes.addressof(buf))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+    except OSError as e:
+        log.warning("cannot steer datagrams to workers (%s): flows spread by address hash", e.strerror)
 
 
 def probe_udp_gso(sock: socket.socket) -> bool:

@@ -152,7 +152,8 @@ async def serve(dp, control_config: ControlConfig, status_addr: str) -> None:
     status = StatusServer(control, parse_hostport(status_addr, 6784, "--status-addr"), details=lambda: {
         "uptime": round(time.time() - started, 1), "bridge": dp.config.bridge,
         "tap": dp.config.tap_name, "mtu": dp.mtu,
-        "mac_table": {"size": dp.fdb_size(), "capacity": dp.config.fdb_capacity}})
+        "mac_table": {"size": dp.fdb_size(), "capacity": dp.config.fdb_capacity},
+        "workers": dp.worker_counters()})
     try:
         await control.start()
     except OSError as e:

@@ -134,7 +134,8 @@ cdef struct RxControl:
 cdef struct Worker:
     Shared *sh
     int tap_fd
-    int udp_fd
+    int udp_fd                    # receives (and relays, and sends control)
+    int tx_fd                     # sends what the TAP gave
     pthread_t tx_thread
     pthread_t rx_thread
     int tx_running
@@ -249,7 +250,7 @@ cdef void publish_peers(Shared *sh, uint64_t (*acc)[2], unsigned count, int base
 # --- TX: TAP -> peers ------------------------------------------------------
 
 cdef void tx_flush(Worker *w, Emitter *e, uint64_t *st) noexcept nogil:
-    cdef int err = out_flush(w.tx_out, w.udp_fd, &st[C_UDP_TX_DATAGRAMS], &st[C_UDP_TX_BYTES],
+    cdef int err = out_flush(w.tx_out, w.tx_fd, &st[C_UDP_TX_DATAGRAMS], &st[C_UDP_TX_BYTES],
                              &st[C_COUNT + WF_DROP_UDP_SEND])
     if err == EIO and e.gso:
         # The egress device cannot checksum GSO segments: plain sends from now on.
@@ -713,7 +714,10 @@ cdef tuple sockaddr_tuple(sockaddr_storage *ss):
 
 
 cdef class Engine:
-    """Forwarding threads between TAP queues and UDP sockets (one pair per worker)."""
+    """Forwarding threads between TAP queues and UDP sockets.
+
+    `workers` lists (tap_fd, udp_fd, tx_fd) per worker: the TAP queue, the
+    socket it receives on and the socket it sends from (may be the same)."""
     cdef Shared *sh
     cdef Worker *workers[MAX_WORKERS]
     cdef int nworkers
@@ -746,12 +750,12 @@ cdef class Engine:
         self.sh.generation = 1
         self.sh.stop_efd = check_errno(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd")
         self.sh.control_efd = check_errno(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd")
-        for tap_fd, udp_fd in workers:
-            w = self._new_worker(tap_fd, udp_fd, batch)
+        for tap_fd, udp_fd, tx_fd in workers:
+            w = self._new_worker(tap_fd, udp_fd, tx_fd, batch)
             self.workers[self.nworkers] = w
             self.nworkers += 1
 
-    cdef Worker *_new_worker(self, int tap_fd, int udp_fd, unsigned batch) except NULL:
+    cdef Worker *_new_worker(self, int tap_fd, int udp_fd, int tx_fd, unsigned batch) except NULL:
         cdef Worker *w = <Worker *>calloc(1, sizeof(Worker))
         if w == NULL:
             raise MemoryError()
@@ -759,6 +763,7 @@ cdef class Engine:
         pthread_mutex_init(&w.tx_lock, NULL)
         w.tap_fd = tap_fd
         w.udp_fd = udp_fd
+        w.tx_fd = tx_fd
         w.tx_seq = <uint64_t>self.nworkers << 56
         w.tx_out = out_alloc()
         w.relay_out = out_alloc()
@@ -927,10 +932,15 @@ cdef class Engine:
         """Dropped frames and datagrams by reason."""
         return {name: v for name, v in zip(DROP_REASONS[1:], self._sum_stats()[C_COUNT + 1:])}
 
-    cdef list _sum_stats(self):
+    def worker_counters(self):
+        """Counters of each worker: how the load spreads over them."""
+        return [{name: v for name, v in zip(COUNTER_NAMES, self._sum_stats(i, i + 1)[:C_COUNT])}
+                for i in range(self.nworkers)]
+
+    cdef list _sum_stats(self, int first=0, int last=-1):
         totals = [0] * N_STATS
         cdef Worker *w
-        for i in range(self.nworkers):
+        for i in range(first, self.nworkers if last < 0 else last):
             w = self.workers[i]
             for k in range(N_STATS):
                 totals[k] += wf_load(&w.tx_stats[k]) + wf_load(&w.rx_stats[k])
