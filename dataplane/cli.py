@@ -20,7 +20,9 @@ SUBCOMMANDS = {
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="weavefast", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="weavefast", description="A userspace overlay network for containers.",
+        epilog="`weavefast COMMAND --help` describes each command.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     chosen = next((a for a in argv if not a.startswith("-")), None)
