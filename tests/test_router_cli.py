@@ -125,8 +125,9 @@ def test_router_serves_the_docker_plugin(tb, tmp_path):
     tb.wait_for(sock_path.exists, what="plugin socket")
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(str(sock_path))
-        s.sendall(b"POST /Plugin.Activate HTTP/1.1\r\nHost: plugin\r\nContent-Length: 0\r\n\r\n")
-        reply = s.recv(4096).decode()
+        s.sendall(b"POST /Plugin.Activate HTTP/1.1\r\nHost: plugin\r\nContent-Length: 0\r\n"
+                  b"Connection: close\r\n\r\n")
+        reply = b"".join(iter(lambda: s.recv(4096), b"")).decode()
     assert reply.startswith("HTTP/1.") and " 200 " in reply.splitlines()[0]
     assert json.loads(reply.split("\r\n\r\n", 1)[1]) == {"Implements": ["NetworkDriver", "IpamDriver"]}
     assert router.stop(grace=10) == 0, router.output()
