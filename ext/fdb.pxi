@@ -25,11 +25,6 @@ cdef inline int64_t fdb_route(wf_fdb *t, const uint8_t *eth, size_t n, uint32_t 
     return peer
 
 
-cdef inline void fdb_learn_remote(wf_fdb *t, const uint8_t *eth, size_t n, uint32_t peer,
-                                  uint32_t now) noexcept nogil:
-    wf_fdb_learn(t, frame_key(eth + 6, eth, n), peer, now)
-
-
 cdef inline uint64_t mac_key(bytes mac, int vlan) except? 0:
     if len(mac) != 6:
         raise ValueError(f"a MAC address is 6 bytes, got {len(mac)}")
@@ -83,7 +78,7 @@ cdef class ForwardingTable:
     def learn_from_peer(self, const uint8_t[:] frame, uint32_t src_peer, double now):
         if frame.shape[0] < WF_ETH_HLEN:
             raise MalformedDatagram("bad_length")
-        fdb_learn_remote(&self.t, &frame[0], frame.shape[0], src_peer, <uint32_t>now)
+        wf_fdb_learn(&self.t, frame_key(&frame[6], &frame[0], frame.shape[0]), src_peer, <uint32_t>now)
 
 
 cdef list fdb_entries(wf_fdb *t, uint32_t now):
