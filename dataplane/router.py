@@ -16,8 +16,8 @@ import sys
 import time
 
 from dataplane.control import ControlConfig, ControlPlane
-from dataplane.control.mesh import format_address
 from dataplane.control.status import StatusServer
+from dataplane.addresses import format_address, parse_hostport
 from dataplane.errors import RouterError, require_root
 
 DEFAULT_PORT = 6783
@@ -62,16 +62,6 @@ def add_arguments(p) -> None:
     p.add_argument("--plugin-state-dir", default="/var/lib/weavefast/plugin", metavar="DIR",
                    help="where the plugin keeps its networks and endpoints")
     p.add_argument("-v", "--verbose", action="store_true", help="log control-plane events")
-
-
-def parse_hostport(text: str, default_port: int, what: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":") if text.count(":") == 1 or text.startswith("[") else (text, "", "")
-    host = host.strip("[]") if sep else text
-    if sep:
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise RouterError(f"{what} {text!r}: the port must be a number from 1 to 65535")
-        return host, int(port)
-    return host, default_port
 
 
 def resolve(host: str, port: int) -> str:

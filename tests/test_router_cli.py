@@ -9,7 +9,7 @@ from pyroute2 import IPRoute
 
 from dataplane.cli import main
 from dataplane.errors import RouterError
-from dataplane.router import parse_hostport
+from dataplane.addresses import parse_hostport
 
 ROUTER = [sys.executable, "-m", "dataplane", "router"]
 

@@ -5,8 +5,9 @@ import time
 import urllib.error
 import urllib.request
 
-from dataplane.control.mesh import parse_address
+from dataplane.addresses import parse_hostport
 from dataplane.control.status import DEFAULT_ADDRESS
+from dataplane.errors import RouterError
 
 
 def add_arguments_for(name, parser):
@@ -22,10 +23,10 @@ def add_arguments_for(name, parser):
 
 def run(args):
     try:
-        base = "http://%s:%d" % parse_address(args.status_addr, DEFAULT_ADDRESS[1])
-        host, port = parse_address(getattr(args, "peer", ""), 0)
-    except ValueError:
-        print(f"weavefast {args.command}: the port must be a number (HOST:PORT)", file=sys.stderr)
+        base = "http://%s:%d" % parse_hostport(args.status_addr, DEFAULT_ADDRESS[1], "--status-addr")
+        host, port = parse_hostport(getattr(args, "peer", ""), 0, "peer")
+    except RouterError as e:
+        print(f"weavefast {args.command}: {e}", file=sys.stderr)
         return 2
     try:
         if args.command in ("connect", "forget"):

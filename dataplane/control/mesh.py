@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
+from dataplane.addresses import format_address, parse_hostport
 from dataplane.control import protocol
 from dataplane.control.routing import next_hops
 
@@ -37,22 +38,6 @@ class ControlConfig:
     @property
     def heartbeat_interval(self):
         return self.down_after / 6
-
-
-def parse_address(text: str, default_port: int) -> tuple[str, int]:
-    """"host", "host:port", "[v6]:port" or a bare IPv6 address."""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else default_port
-    if text.count(":") == 1:
-        host, port = text.split(":")
-        return host, int(port)
-    return text, default_port
-
-
-def format_address(address) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def backoff_delay(failures: int, initial: float, cap: float) -> float:
@@ -148,7 +133,7 @@ class ControlPlane:
                                                   self.config.port)
         self._loop.add_reader(self.dp.control_fd, self._on_control)
         for spec in self.config.peers:
-            self._add_target(parse_address(spec, self.config.port))
+            self._add_target(parse_hostport(spec, self.config.port, "peer"))
         self._links_changed()
         self._spawn(self._ticker())
         log.info("control plane of %s (peer id %d) listening on TCP port %d", self.me.name,
