@@ -93,7 +93,8 @@ class Dataplane:
                 cfg.peer_id, [(tap, rx.fileno(), tx.fileno())
                               for tap, rx, tx in zip(self._taps, self._socks, self._tx_socks)],
                 self.max_payload, self._family, udp_gso=self.offloads["udp_gso"],
-                fdb_capacity=cfg.fdb_capacity, fdb_max_age=cfg.fdb_max_age, batch=cfg.batch)
+                fdb_capacity=cfg.fdb_capacity, fdb_max_age=cfg.fdb_max_age, batch=cfg.batch,
+                tap_uso=self.offloads["tap_uso"])
         except BaseException:
             self.close()
             raise

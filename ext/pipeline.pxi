@@ -51,13 +51,14 @@ cdef enum:  # counters
     C_RX_BATCHES
     C_GSO_FALLBACKS
     C_SOCKET_OVERFLOWS
+    C_USO_COALESCED
     C_COUNT
 
 COUNTER_NAMES = ("tap_rx_frames", "tap_rx_bytes", "tap_tx_frames", "tap_tx_bytes",
                  "udp_rx_datagrams", "udp_rx_bytes", "udp_tx_datagrams", "udp_tx_bytes",
                  "flooded_frames", "relayed_datagrams", "super_frames_tx", "super_frames_rx",
                  "control_rx", "tx_batches", "rx_batches", "gso_fallbacks",
-                 "socket_overflows")
+                 "socket_overflows", "uso_coalesced")
 
 cdef enum:
     N_STATS = C_COUNT + WF_DROP_COUNT
@@ -114,6 +115,7 @@ cdef struct Shared:
     unsigned max_payload
     int gso
     unsigned batch
+    int uso                       # the TAP takes UDP GSO super-frames
     CtrlMsg ctrl[CTRL_SLOTS]
     unsigned ctrl_head
     unsigned ctrl_len
@@ -168,6 +170,14 @@ cdef struct Worker:
     int gather_slot
     unsigned gather_n
     iovec gather_iov[GATHER_MAX + 1]   # [0] is for a zero virtio-net header
+    # Consecutive UDP datagrams of one flow go to the TAP as one USO super-frame.
+    unsigned uso_n
+    size_t uso_segment            # payload bytes of each (the last may be shorter)
+    size_t uso_total
+    const uint8_t *uso_first      # Ethernet frame whose headers the super-frame takes
+    int uso_slot
+    uint8_t uso_hdr[WF_VNET_HDR_LEN + WF_USO_HDR_LEN]
+    iovec uso_iov[WF_USO_MAX_SEGMENTS + 1]
     Learned learned[LEARN_MAX]
     unsigned nlearned
     RxControl rx_control[RX_CONTROL_MAX]
@@ -424,6 +434,57 @@ cdef inline void rx_written(Worker *w, uint64_t *st, bint ok, const uint8_t *dat
     w.rx_peer[src_slot][1] += rlen
 
 
+cdef void rx_uso_flush(Worker *w, uint64_t *st) noexcept nogil:
+    """Writes the datagrams held for coalescing: one super-frame, or the lone frame."""
+    cdef unsigned n = w.uso_n
+    cdef ssize_t r
+    if n == 0:
+        return
+    w.uso_n = 0
+    if n == 1:
+        rx_written(w, st, tap_write_frame(w.tap_fd, w.uso_first, WF_USO_HDR_LEN + w.uso_total, False) == 0,
+                   w.uso_first, WF_USO_HDR_LEN + w.uso_total, False, w.uso_slot)
+        return
+    wf_uso_headers(w.uso_hdr, w.uso_first, w.uso_segment, w.uso_total)
+    w.uso_iov[0].iov_base = w.uso_hdr
+    w.uso_iov[0].iov_len = sizeof(w.uso_hdr)
+    while True:
+        r = writev(w.tap_fd, w.uso_iov, n + 1)
+        if r >= 0 or errno != EINTR:
+            break
+    if r < 0:
+        st[C_COUNT + WF_DROP_TAP_WRITE] += n
+        return
+    st[C_TAP_TX_FRAMES] += n
+    st[C_TAP_TX_BYTES] += n * WF_USO_HDR_LEN + w.uso_total
+    st[C_USO_COALESCED] += n
+    w.rx_peer[w.uso_slot][0] += n
+    w.rx_peer[w.uso_slot][1] += n * WF_USO_HDR_LEN + w.uso_total
+
+
+cdef inline bint rx_uso_hold(Worker *w, const uint8_t *eth, size_t n, int src_slot,
+                             uint64_t *st) noexcept nogil:
+    """Holds a plain frame for coalescing if it can be; False: write it as it is."""
+    cdef size_t payload = wf_uso_payload(eth, n) if w.sh.uso else 0
+    if w.uso_n and (payload == 0 or payload > w.uso_segment or src_slot != w.uso_slot
+                    or w.uso_n == WF_USO_MAX_SEGMENTS or w.uso_total + payload > WF_USO_MAX_BYTES
+                    or w.uso_total != w.uso_n * w.uso_segment   # a shorter one already ended it
+                    or not wf_uso_same_flow(w.uso_first, eth)):
+        rx_uso_flush(w, st)
+    if payload == 0:
+        return False
+    if w.uso_n == 0:
+        w.uso_first = eth
+        w.uso_segment = payload
+        w.uso_total = 0
+        w.uso_slot = src_slot
+    w.uso_n += 1
+    w.uso_iov[w.uso_n].iov_base = <void *>(eth + WF_USO_HDR_LEN)
+    w.uso_iov[w.uso_n].iov_len = payload
+    w.uso_total += payload
+    return True
+
+
 cdef void rx_deliver(Worker *w, const uint8_t *p, size_t n, uint32_t src_peer, int src_slot,
                      uint64_t *st) noexcept nogil:
     """Writes every record of a checked FRAMES payload to the TAP."""
@@ -439,6 +500,9 @@ cdef void rx_deliver(Worker *w, const uint8_t *p, size_t n, uint32_t src_peer, i
             rx_learn(w, data + WF_VNET_HDR_LEN, rlen - WF_VNET_HDR_LEN, src_peer)
         else:
             rx_learn(w, data, rlen, src_peer)
+            if rx_uso_hold(w, data, rlen, src_slot, st):
+                continue
+        rx_uso_flush(w, st)
         rx_written(w, st, tap_write_frame(w.tap_fd, data, rlen, has_vnet) == 0,
                    data, rlen, has_vnet, src_slot)
 
@@ -481,6 +545,7 @@ cdef void rx_gather_deliver(Worker *w, uint64_t *st) noexcept nogil:
     if rlen != w.gather_total - WF_RECORD_HDR_LEN or first.iov_len < head or rlen < head - WF_RECORD_HDR_LEN:
         rx_gather_spill(w, st)   # several records, or an odd split: the general path
         return
+    rx_uso_flush(w, st)
     p += WF_RECORD_HDR_LEN
     rx_learn(w, p + WF_VNET_HDR_LEN if has_vnet else p,
              rlen - WF_VNET_HDR_LEN if has_vnet else rlen, w.gather_src)
@@ -643,6 +708,7 @@ cdef unsigned rx_batch(Worker *w) noexcept nogil:
                   &st[C_COUNT + WF_DROP_UDP_SEND])
     if w.gather_n:
         rx_gather_spill(w, st)   # the receive buffers are about to be reused
+    rx_uso_flush(w, st)
     rx_apply(w)
     if overflows > w.socket_overflows:
         st[C_SOCKET_OVERFLOWS] = overflows - w.socket_overflows
@@ -726,7 +792,7 @@ cdef class Engine:
 
     def __cinit__(self, uint32_t local_peer, workers, unsigned max_payload, int family,
                   bint udp_gso=False, unsigned fdb_capacity=8192, unsigned fdb_max_age=300,
-                  unsigned batch=64):
+                  unsigned batch=64, bint tap_uso=False):
         if local_peer == 0:
             raise ValueError("peer id 0 is reserved for the local side")
         if not 1 <= batch <= MAX_BATCH:
@@ -747,6 +813,7 @@ cdef class Engine:
         self.sh.max_payload = max_payload
         self.sh.gso = udp_gso
         self.sh.batch = batch
+        self.sh.uso = tap_uso
         self.sh.generation = 1
         self.sh.stop_efd = check_errno(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd")
         self.sh.control_efd = check_errno(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd")

@@ -141,3 +141,14 @@ def decode_datagram(const uint8_t[:] data):
         control = bytes(data[WF_HEADER_LEN:])
     return Datagram(h.type, h.flags, h.hops, h.key_id, h.src_peer, h.dst_peer, h.seq,
                     records, fragment, control)
+
+
+def uso_headers(const uint8_t[:] first_frame, size_t segment, size_t total):
+    """The virtio-net header and Ethernet/IPv4/UDP headers the RX thread writes in
+    front of `total` payload bytes coalesced from datagrams like `first_frame`
+    (None when such a frame is not coalesced)."""
+    cdef uint8_t out[WF_VNET_HDR_LEN + WF_USO_HDR_LEN]
+    if first_frame.shape[0] == 0 or wf_uso_payload(&first_frame[0], first_frame.shape[0]) == 0:
+        return None
+    wf_uso_headers(out, &first_frame[0], segment, total)
+    return bytes(out[:sizeof(out)])

@@ -65,3 +65,10 @@ cdef extern from "reasm.h" nogil:
 
 cdef extern from "csum.h" nogil:
     int wf_csum_finish(uint8_t *frame, size_t n, size_t start, size_t offset)
+
+cdef extern from "uso.h" nogil:
+    enum:
+        WF_USO_HDR_LEN, WF_USO_MAX_SEGMENTS, WF_USO_MAX_BYTES
+    size_t wf_uso_payload(const uint8_t *eth, size_t n)
+    int wf_uso_same_flow(const uint8_t *a, const uint8_t *b)
+    void wf_uso_headers(uint8_t *out, const uint8_t *first, size_t segment, size_t total)
