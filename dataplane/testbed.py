@@ -477,39 +477,36 @@ class Testbed:
                               sent_sha256=sent_sha256.hexdigest(),
                               received_sha256=received["sha256"].hexdigest(), seconds=seconds)
 
-    def broadcast(self, sender, receivers, port=7946, timeout=10.0):
-        """Send UDP datagrams to the overlay's broadcast address from `sender` until every
-        one of `receivers` has got one (or `timeout`); returns the names of those that did."""
-        payload = f"broadcast from {sender.name}".encode()
-        listeners = {}
-        got = set()
+    def broadcast_copies(self, sender, receivers, port=7947, timeout=10.0):
+        """Sends one UDP datagram to the overlay's broadcast address from `sender`;
+        returns how many copies of it each of `receivers` got ({name: count})."""
+        sockets = {}
+        got = {c.name: [] for c in receivers}
         try:
             for container in receivers:
-                listeners[container.name] = sock = self.socket(container)
+                sockets[container.name] = sock = self.socket(container)
                 sock.bind(("0.0.0.0", port))
                 sock.setblocking(False)
             with self.socket(sender) as out:
                 out.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                out.sendto(b"once", (BROADCAST4, port))
 
-                def everyone_received():
-                    out.sendto(payload, (BROADCAST4, port))
-                    for name, sock in listeners.items():
+                def flushed():
+                    """A broadcast behind the first: where it arrived, every copy of the first has."""
+                    out.sendto(b"flush", (BROADCAST4, port))
+                    for name, sock in sockets.items():
                         try:
                             while True:
-                                if sock.recv(2048) == payload:
-                                    got.add(name)
+                                got[name].append(sock.recv(2048))
                         except BlockingIOError:
                             pass
-                    return got == set(listeners)
+                    return all(b"flush" in received for received in got.values())
 
-                self.wait_for(everyone_received, timeout=timeout, interval=0.2,
-                              what="the broadcast")
-        except TimeoutError:
-            pass
+                self.wait_for(flushed, timeout=timeout, interval=0.2, what="the broadcast everywhere")
         finally:
-            for sock in listeners.values():
+            for sock in sockets.values():
                 sock.close()
-        return got
+        return {name: received.count(b"once") for name, received in got.items()}
 
     def neighbours(self, node):
         """The resolved unicast neighbours of `node` (ARP / NDP): {ip: mac}."""

@@ -5,7 +5,6 @@ The tests share one testbed and run in file order; each leaves the mesh whole
 for the next (the last two change it for good).
 """
 import asyncio
-import contextlib
 import itertools
 import os
 import signal
@@ -115,35 +114,6 @@ def test_metrics_parse_and_per_peer_counters_move_with_traffic(mesh):
     assert sample("weavefast_peer_rtt_seconds", h2.netns) > 0
 
 
-def broadcast_copies(mesh, sender, receivers, port=7947):
-    """Sends one broadcast datagram; returns how many copies each receiver got."""
-    sockets = {}
-    got = {c.name: [] for c in receivers}
-    try:
-        for container in receivers:
-            sockets[container.name] = sock = mesh.socket(container)
-            sock.bind(("0.0.0.0", port))
-            sock.setblocking(False)
-        with mesh.socket(sender) as out:
-            out.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-            out.sendto(b"once", (testbed.BROADCAST4, port))
-
-            def flushed():
-                """A broadcast behind the first: where it arrived, every copy of the first has."""
-                out.sendto(b"flush", (testbed.BROADCAST4, port))
-                for name, sock in sockets.items():
-                    with contextlib.suppress(BlockingIOError):
-                        while True:
-                            got[name].append(sock.recv(100))
-                return all(b"flush" in received for received in got.values())
-
-            mesh.wait_for(flushed, timeout=10, interval=0.2, what="broadcasts everywhere")
-    finally:
-        for sock in sockets.values():
-            sock.close()
-    return {name: received.count(b"once") for name, received in got.items()}
-
-
 NFT_CUT = """
 table inet wfcut {{
     chain input {{ type filter hook input priority 0; ip saddr {peer} drop; }}
@@ -168,7 +138,7 @@ def test_partial_mesh_relays_through_host2(mesh):
             assert result.ok, f"{a.name} -> {b.name}: {result.output}\n{logs(mesh)}"
         assert mesh.status(h2)["counters"]["relayed_datagrams"] > relayed
         others = mesh.containers[1:]
-        assert broadcast_copies(mesh, c1, others) == {c.name: 1 for c in others}
+        assert mesh.broadcast_copies(c1, others) == {c.name: 1 for c in others}
         assert f"route: via {h2.netns}" in weavefast(mesh, h1, "status").stdout
     finally:
         for host in (h1, h3):

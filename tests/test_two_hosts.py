@@ -64,7 +64,7 @@ def test_tcp_transfer_arrives_intact_and_counters_move(tb):
 
 def test_broadcast_reaches_the_other_container(tb):
     c1, c2 = tb.containers
-    assert tb.broadcast(c1, [c2]) == {c2.name}
+    assert tb.broadcast_copies(c1, [c2]) == {c2.name: 1}
 
 
 COUNTERS = {"tap_rx_frames", "tap_rx_bytes", "tap_tx_frames", "tap_tx_bytes", "udp_rx_datagrams",
