@@ -122,7 +122,7 @@ def config_from_args(args):
         name=args.name, peer_id=peer_id, port=args.port,
         peers=[format_address(address) for address in peers], password=network_secret(args),
         down_after=args.down_after, listen_host=None if args.bind in ("", "::") else args.bind)
-    return cfg, control
+    return cfg, control, peers
 
 
 async def sweep(dp) -> None:
@@ -170,9 +170,9 @@ def run(args) -> int:
         require_root()   # before importing the engine: its dependencies may be installed for root only
         from dataplane.engine import Dataplane
 
-        cfg, control = config_from_args(args)
+        cfg, control, peers = config_from_args(args)
         dp = Dataplane(cfg)
-        dp.open([parse_hostport(peer, cfg.port, "--peer")[0] for peer in control.peers])
+        dp.open([host for host, _ in peers])
     except RouterError as e:
         print(f"weavefast router: {e}", file=sys.stderr)
         return 2

@@ -909,7 +909,6 @@ cdef class Engine:
         """Adds (or readdresses) a peer; it is up until set_peer_up(False)."""
         cdef sockaddr_storage ss
         cdef socklen_t n
-        cdef wf_header h
         cdef Peer *p
         cdef int s
         if peer_id == 0 or peer_id == self.sh.local_peer:
@@ -929,12 +928,7 @@ cdef class Engine:
                 p.id = peer_id
                 p.used = p.up = 1
                 p.via = -1
-                h.type = WF_TYPE_FRAMES
-                h.flags = h.hops = h.key_id = 0
-                h.src_peer = self.sh.local_peer
-                h.dst_peer = peer_id
-                h.seq = 0
-                wf_put_header(p.template, &h)
+                wf_put_plain_header(p.template, WF_TYPE_FRAMES, self.sh.local_peer, peer_id, 0)
                 self.sh.peer_count = max(self.sh.peer_count, <unsigned>s + 1)
             p = &self.sh.peers[s]
             memcpy(&p.addr, &ss, n)
@@ -1072,7 +1066,6 @@ cdef class Engine:
         """Sends a CONTROL datagram to a peer (its current address) or to addr=(host, port)."""
         cdef sockaddr_storage ss
         cdef socklen_t n
-        cdef wf_header h
         cdef ssize_t r
         if addr is not None:
             make_sockaddr(self.family, addr[0], addr[1], &ss, &n)
@@ -1085,14 +1078,9 @@ cdef class Engine:
             pthread_mutex_unlock(&self.sh.lock)
             if s < 0:
                 raise KeyError(f"no peer with id {peer_id}")
-        h.type = WF_TYPE_CONTROL
-        h.flags = h.hops = h.key_id = 0
-        h.src_peer = self.sh.local_peer
-        h.dst_peer = peer_id
-        h.seq = 0
         datagram = bytearray(WF_HEADER_LEN) + payload
         cdef uint8_t *buf = datagram
-        wf_put_header(buf, &h)
+        wf_put_plain_header(buf, WF_TYPE_CONTROL, self.sh.local_peer, peer_id, 0)
         cdef size_t size = len(datagram)
         cdef int fd = self.workers[0].udp_fd
         with nogil:

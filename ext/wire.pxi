@@ -52,19 +52,11 @@ def encode_datagrams(uint32_t src_peer, uint32_t dst_peer, uint64_t seq, records
     if max_payload <= HDR_BLOCK:
         raise ValueError(f"max_payload {max_payload} leaves no room for a fragment")
     cdef uint8_t template[WF_HEADER_LEN]
-    cdef wf_header h
     cdef Emitter e
     cdef Out *o = out_alloc()
-    cdef unsigned m, k
-    cdef msghdr *mh
     if o == NULL:
         raise MemoryError()
-    h.type = WF_TYPE_FRAMES
-    h.flags = h.hops = h.key_id = 0
-    h.src_peer = src_peer
-    h.dst_peer = dst_peer
-    h.seq = 0
-    wf_put_header(template, &h)
+    wf_put_plain_header(template, WF_TYPE_FRAMES, src_peer, dst_peer, 0)
     e.out = o
     e.max_payload = max_payload
     e.gso = 0

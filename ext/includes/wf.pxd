@@ -26,6 +26,7 @@ cdef extern from "wire.h" nogil:
     void wf_put32(uint8_t *p, uint32_t v)
     void wf_put64(uint8_t *p, uint64_t v)
     void wf_put_header(uint8_t *p, const wf_header *h)
+    void wf_put_plain_header(uint8_t *p, uint8_t type, uint32_t src, uint32_t dst, uint64_t seq)
     int wf_get_header(const uint8_t *p, size_t len, wf_header *h)
     void wf_put_record_header(uint8_t *p, uint16_t len, uint8_t rflags)
     int wf_check_records(const uint8_t *p, size_t len, unsigned *count)

@@ -82,6 +82,12 @@ static inline void wf_put_header(uint8_t *p, const wf_header *h) {
     wf_put64(p + 16, h->seq);
 }
 
+/* A header with no flags, hops or key: what this version originates. */
+static inline void wf_put_plain_header(uint8_t *p, uint8_t type, uint32_t src, uint32_t dst, uint64_t seq) {
+    wf_header h = {.type = type, .src_peer = src, .dst_peer = dst, .seq = seq};
+    wf_put_header(p, &h);
+}
+
 static inline int wf_get_header(const uint8_t *p, size_t len, wf_header *h) {
     if (len < WF_HEADER_LEN) return WF_DROP_SHORT;
     if (wf_get16(p) != WF_MAGIC) return WF_DROP_BAD_MAGIC;
