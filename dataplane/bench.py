@@ -14,7 +14,7 @@ container c2 (server):
 
 The systems differ only in what carries c1's frames to c2:
 
-- weavefast: `weavefast router` in each host, its TAP on the bridge (container MTU 1430);
+- weavefast: `weavefast router` in each host, its TAP on the bridge (container MTU 1414);
 - vxlan: a kernel `vxlan` device on each bridge, VNI 42, UDP port 4789, remote =
   the other host (container MTU 1450);
 - direct: no encapsulation. Each host routes its container's /32 over the underlay
@@ -47,7 +47,7 @@ from dataplane import testbed
 from dataplane.router import OFFLOAD_FLAGS
 
 SYSTEMS = ("weavefast", "vxlan", "direct")
-CONTAINER_MTU = {"weavefast": 1430, "vxlan": 1450, "direct": 1500}
+CONTAINER_MTU = {"weavefast": 1414, "vxlan": 1450, "direct": 1500}
 VXLAN_VNI = 42
 VXLAN_PORT = 4789
 VXLAN_IFNAME = "wfbvx"

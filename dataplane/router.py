@@ -39,6 +39,11 @@ def add_arguments(p) -> None:
     secret.add_argument("--password", help="network secret: only routers with the same one may join "
                                            "(it never crosses the wire; prefer --key-file)")
     secret.add_argument("--key-file", metavar="PATH", help="read the network secret from this file")
+    p.add_argument("--cipher", choices=("auto", "aes-256-gcm", "chacha20-poly1305"), default="auto",
+                   help="data cipher with a network secret (default auto: AES-256-GCM where the CPU "
+                        "has AES instructions, else ChaCha20-Poly1305)")
+    p.add_argument("--rekey-after", type=float, default=120.0, metavar="SECONDS",
+                   help="fresh session keys this often (default 120)")
     p.add_argument("--down-after", type=float, default=3.0, metavar="SECONDS",
                    help="declare a peer down after this long without heartbeats (default 3)")
     p.add_argument("--bind", default="::", help="address to bind the UDP port to (default: all)")
@@ -105,6 +110,8 @@ def config_from_args(args):
         raise RouterError(f"--fdb-max-age {args.fdb_max_age}: use at least 1 second")
     if not args.down_after > 0:
         raise RouterError(f"--down-after {args.down_after}: use a positive number of seconds")
+    if not 0.1 <= args.rekey_after <= 3600:
+        raise RouterError(f"--rekey-after {args.rekey_after}: use 0.1 to 3600 seconds")
     peer_id = default_peer_id(args.name) if args.peer_id is None else args.peer_id
     if not 0 < peer_id < 2 ** 32:
         raise RouterError(f"--peer-id {peer_id}: use 1 to 4294967295")
@@ -121,7 +128,8 @@ def config_from_args(args):
     control = ControlConfig(
         name=args.name, peer_id=peer_id, port=args.port,
         peers=[format_address(address) for address in peers], password=network_secret(args),
-        down_after=args.down_after, listen_host=None if args.bind in ("", "::") else args.bind)
+        down_after=args.down_after, listen_host=None if args.bind in ("", "::") else args.bind,
+        rekey_after=args.rekey_after, ciphers=None if args.cipher == "auto" else [args.cipher])
     return cfg, control, peers
 
 
@@ -185,6 +193,12 @@ def run(args) -> int:
         print(f"weavefast router {args.name} (peer id {cfg.peer_id}) forwarding: TAP {cfg.tap_name} on bridge "
               f"{cfg.bridge}, UDP port {cfg.port}, MTU {dp.mtu}, offloads: {', '.join(on) or 'none'}",
               flush=True)
+        if control.password is None:
+            print("weavefast router: WARNING: no network secret, so traffic is not encrypted and any host that "
+                  "reaches this port can join; set the same --password or --key-file on every router",
+                  file=sys.stderr, flush=True)
+        elif args.cipher != "auto":
+            print(f"weavefast router: data cipher {args.cipher}", flush=True)
         asyncio.run(serve(dp, control, args.status_addr))
     except RouterError as e:
         print(f"weavefast router: {e}", file=sys.stderr)

@@ -46,7 +46,7 @@ def test_quick_bench_of_weavefast_reports_every_figure(tmp_path):
     for key, label, *_ in bench.METRICS:
         assert figures[key] > 0, f"{label}: {figures[key]!r}"
         assert label in output  # the table shows it
-    assert figures["container_mtu"] == 1430
+    assert figures["container_mtu"] == 1414
     assert all(status["udp_rx_datagrams"] > 0 for status in figures["router_counters"].values())
     if importlib.util.find_spec("matplotlib"):
         assert png_path.read_bytes().startswith(b"\x89PNG")

@@ -2,8 +2,9 @@
 one process talking over real loopback TCP and UDP sockets.
 
 FakeDataplane stands in for the facade (the real one needs root and a TAP):
-its CONTROL datagrams are real UDP datagrams with the real wire header; the
-forwarding levers (add_peer, set_route...) are recorded. tests/test_control_netns.py
+its CONTROL datagrams are real UDP datagrams with the real wire header, sealed
+and opened with the session keys through the pure-Python reference (replay
+window included); the forwarding levers (add_peer, set_route...) are recorded. tests/test_control_netns.py
 runs the same control plane on the real dataplane.
 """
 import argparse
@@ -19,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dataplane import reference
+from dataplane.engine import CIPHERS
 from dataplane.control import ControlConfig, ControlPlane, cli, protocol
 from dataplane.control.mesh import ESTABLISHED, FAILED, backoff_delay
 from dataplane.control.routing import next_hops
@@ -38,6 +40,9 @@ class FakeDataplane:
         self.silent = False  # drop everything sent and received, like a dead data path
         self.blocked = set()  # peer ids whose datagrams are dropped both ways
         self.sent = self.received = 0
+        self.rx_keys = {}  # key id -> (peer id, cipher, key, replay window)
+        self.tx_keys = {}  # peer id -> (key id, cipher, key)
+        self.counter = 0
 
     def close(self):
         self.sock.close()
@@ -63,11 +68,27 @@ class FakeDataplane:
         assert via_peer is None or via_peer in self.peers
         self.peers[dst_peer]["via"] = via_peer
 
-    def send_control(self, payload, peer_id=0, addr=None):
+    def install_rx_key(self, peer_id, cipher, key):
+        key_id = len(self.rx_keys) + 1 + sum(1 for _ in self.tx_keys)
+        self.rx_keys[key_id] = (peer_id, CIPHERS[cipher], key, reference.ReplayWindow())
+        return key_id
+
+    def remove_rx_key(self, key_id):
+        return self.rx_keys.pop(key_id, None) is not None
+
+    def set_tx_key(self, peer_id, key_id, cipher, key):
+        self.tx_keys[peer_id] = (key_id, CIPHERS[cipher], key)
+
+    def send_control(self, payload, peer_id):
+        if peer_id not in self.tx_keys:
+            raise ConnectionError(f"no session with peer {peer_id} yet")
         if self.silent or peer_id in self.blocked:
             return
-        header = reference.encode_header(reference.TYPE_CONTROL, self.peer_id, peer_id, 0)
-        self.sock.sendto(header + payload, addr or self.peers[peer_id]["address"])
+        key_id, cipher, key = self.tx_keys[peer_id]
+        self.counter += 1
+        header = reference.encode_header(reference.TYPE_CONTROL, self.peer_id, peer_id, self.counter,
+                                         key_id=key_id)
+        self.sock.sendto(reference.seal_datagram(header + payload, cipher, key), self.peers[peer_id]["address"])
         self.sent += 1
 
     def recv_control(self):
@@ -75,10 +96,15 @@ class FakeDataplane:
         with contextlib.suppress(BlockingIOError):
             while True:
                 data, address = self.sock.recvfrom(2048)
-                datagram = reference.decode_datagram(data)
-                if not self.silent and datagram.src_peer not in self.blocked:
-                    messages.append((datagram.src_peer, address, datagram.control))
-                    self.received += 1
+                entry = self.rx_keys.get(int.from_bytes(data[6:8], "big"))
+                if entry is None or self.silent or entry[0] in self.blocked:
+                    continue
+                peer_id, cipher, key, window = entry
+                with contextlib.suppress(reference.MalformedDatagram):
+                    datagram = reference.decode_datagram(reference.open_datagram(data, cipher, key))
+                    if window.update(datagram.counter):
+                        messages.append((peer_id, address, datagram.control))
+                        self.received += 1
         return messages
 
     def counters(self):
@@ -174,11 +200,12 @@ def test_version_negotiation_picks_the_highest_common_version():
     assert protocol.negotiate_version((1, 1), (2, 3)) is None
 
 
-def test_heartbeats_only_verify_with_their_session_key():
-    ping = protocol.encode_heartbeat(b"k" * 32, protocol.PING, 7, 12.5)
-    assert protocol.decode_heartbeat(b"k" * 32, ping) == (protocol.PING, 7, 12.5)
-    assert protocol.decode_heartbeat(b"x" * 32, ping) is None
-    assert protocol.decode_heartbeat(b"k" * 32, ping[:-1] + bytes([ping[-1] ^ 1])) is None
+def test_heartbeats_decode_and_anything_else_is_refused():
+    ping = protocol.encode_heartbeat(protocol.PING, 7, 12.5)
+    assert protocol.decode_heartbeat(ping) == (protocol.PING, 7, 12.5)
+    assert protocol.decode_heartbeat(ping[:-1]) is None
+    assert protocol.decode_heartbeat(b"WFHX" + ping[4:]) is None
+    assert protocol.decode_heartbeat(ping[:4] + b"\x09" + ping[5:]) is None
 
 
 def test_backoff_doubles_up_to_the_cap():
@@ -227,8 +254,11 @@ def test_wrong_secret_is_refused_on_both_sides(caplog):
         async with running(a, b):
             await until(lambda: b.cp.peers[0].last_error, "b tried a")
             assert b.cp.peers[0].state == FAILED
-            assert b.cp.peers[0].last_error == "refused: wrong network secret: a (peer id 1) failed " \
-                "authentication (its --password/--key-file differs from b's)"
+            # The client proves itself first, so the server is the one to find out and say.
+            error = b.cp.peers[0].last_error
+            assert error.startswith(f"refused by 127.0.0.1:{a.cp.config.port}: ") and error.endswith(
+                "wrong network secret: b (peer id 2) failed authentication (its --password/--key-file "
+                "differs from a's)")
             await until(lambda: "refused: wrong network secret: b (peer id 2) failed authentication"
                         in caplog.text, "a logged why")
             assert not a.cp.peers and not a.dp.peers
@@ -253,14 +283,14 @@ def test_a_secret_on_one_side_only_is_refused(caplog):
 def test_version_mismatch_names_both_ranges(caplog):
     async def scenario():
         a = Node("a", 1)
-        b = Node("b", 2, [a], versions=(2, 3))
+        b = Node("b", 2, [a], versions=(3, 4))
         async with running(a, b):
             await until(lambda: b.cp.peers[0].last_error, "b tried a")
             assert b.cp.peers[0].state == FAILED
             assert b.cp.peers[0].last_error == ("refused: protocol version mismatch: b speaks "
-                                                "version 2-3, a (peer id 1) speaks version 1")
-            await until(lambda: "refused: protocol version mismatch: a speaks version 1, "
-                        "b (peer id 2) speaks version 2-3" in caplog.text, "a logged why")
+                                                "version 3-4, a (peer id 1) speaks version 2")
+            await until(lambda: "refused: protocol version mismatch: a speaks version 2, "
+                        "b (peer id 2) speaks version 3-4" in caplog.text, "a logged why")
     with caplog.at_level(logging.WARNING, logger="weavefast.control"):
         run(scenario())
 

@@ -1,8 +1,10 @@
 """The control plane a router runs: membership, liveness, routing.
 
-One TCP control connection per peer pair (protocol.py), data-path heartbeats
-as CONTROL datagrams through the Dataplane facade, a link-state database
-gossiped over the control connections, and routes pushed to the dataplane.
+One TCP control connection per peer pair (protocol.py), whose handshake gives
+the session keys the dataplane seals datagrams with (rekeyed every
+`rekey_after` seconds), data-path heartbeats as CONTROL datagrams through the
+Dataplane facade, a link-state database gossiped over the control
+connections, and routes pushed to the dataplane.
 Everything runs on one asyncio loop; `status()`, `connect()` and `forget()`
 are what the status API exposes.
 """
@@ -34,6 +36,8 @@ class ControlConfig:
     backoff_max: float = 10.0
     listen_host: str | None = None  # None = every address
     versions: tuple[int, int] = protocol.VERSIONS
+    rekey_after: float = 120.0  # new data keys this often
+    ciphers: Sequence[str] | None = None  # data ciphers offered, best first; None = by CPU
 
     @property
     def heartbeat_interval(self):
@@ -63,22 +67,27 @@ def unmapped(host):
 
 
 class Connection:
-    """An authenticated control connection."""
+    """An authenticated, sealed control connection and the session keys it gave."""
 
-    def __init__(self, reader, writer, outbound, handshake: protocol.Handshake):
-        self.reader, self.writer, self.outbound = reader, writer, outbound
+    def __init__(self, channel: protocol.Channel, outbound, handshake: protocol.Handshake):
+        self.channel, self.outbound = channel, outbound
+        self.handshake = handshake
         self.identity = handshake.identity
         self.version = handshake.version
-        self.session_key = handshake.session_key
-        self.remote_host = unmapped(writer.get_extra_info("peername")[0])
+        self.remote_host = unmapped(channel.writer.get_extra_info("peername")[0])
         self.opened = self.last_rx = time.monotonic()
+        self.epoch = None  # of the key we send with; None until the peer gave its key id
+        self.keyed_at = None  # monotonic time the sending key last changed
+        self.keys = {0: handshake.data}  # epoch -> keys not yet switched to
+        self.rx_key_ids = {}  # epoch -> id of the receive key installed for it
+        self.rekey = None  # (epoch, Ephemeral) of a rekey this side started
+        self.rekeys = 0
 
     def send(self, message):
-        if not self.writer.is_closing():
-            self.writer.write(protocol.encode_message(message))
+        self.channel.send(message)
 
     def close(self):
-        self.writer.close()
+        self.channel.close()
 
 
 class Peer:
@@ -95,7 +104,6 @@ class Peer:
         self.failures = 0
         self.next_attempt = 0.0
         self.heartbeat_seen = None  # monotonic time of the last data-path pong
-        self.previous_key = None  # session key of a connection just replaced by a duplicate
         self.highest_ping = -1
         self.rtt = None
         self.in_dataplane = False
@@ -215,8 +223,8 @@ class ControlPlane:
 
     def _send_control(self, peer, payload):
         try:
-            self.dp.send_control(payload, peer_id=peer.peer_id)
-        except OSError as exc:  # e.g. no route to the peer's host right now
+            self.dp.send_control(payload, peer.peer_id)
+        except (OSError, KeyError) as exc:  # no session key yet, no route right now
             log.debug("heartbeat to %s: %s", peer.label, describe(exc))
 
     # Connections.
@@ -238,12 +246,13 @@ class ControlPlane:
     async def _serve(self, reader, writer, outbound, dialed=None):
         self._writers.add(writer)
         remote = format_address(writer.get_extra_info("peername")[:2])
+        channel = protocol.Channel(reader, writer)
         try:
             try:
                 handshake = await asyncio.wait_for(protocol.handshake(
-                    reader, writer, self.me, self.config.password, outbound,
-                    accept=self._accept_identity, versions=self.config.versions),
-                    self.config.down_after)
+                    channel, self.me, self.config.password, outbound,
+                    accept=self._accept_identity, versions=self.config.versions,
+                    ciphers=self.config.ciphers), self.config.down_after)
             except protocol.HandshakeError as exc:
                 if exc.itself:  # e.g. the same --peer list on every host
                     if dialed in self.peers:
@@ -267,14 +276,14 @@ class ControlPlane:
                 return
             if dialed:
                 dialed.dialing = False
-            conn = Connection(reader, writer, outbound, handshake)
+            conn = Connection(channel, outbound, handshake)
             peer = self._attach(conn, dialed)
             if peer is None:
                 return
             reason = "connection closed"
             try:
                 while True:
-                    message = await protocol.read_message(reader)
+                    message = await channel.read()
                     conn.last_rx = time.monotonic()
                     self._handle(peer, conn, message)
             except protocol.HandshakeError as exc:
@@ -323,20 +332,21 @@ class ControlPlane:
             log.info("%s now answers as %s (peer id %d), no longer as peer id %d",
                      format_address(peer.address), identity.name, identity.peer_id, peer.peer_id)
             self._retire_id(peer)
-        peer.previous_key = None
+        same_router = False
         if peer.conn:
             old = peer.conn
             if old.identity.incarnation == identity.incarnation:
                 if not self._preferred(conn, old):
                     return None
                 # Both ends dialled: the same router, now over the preferred connection.
-                # Heartbeats under way still carry the old session's key.
-                peer.previous_key = old.session_key
+                # Its keys stay valid a while for the datagrams under way.
+                same_router = True
+                self._retire_keys(old, set(old.rx_key_ids))
             peer.conn = None
             old.close()
         peer.conn, peer.peer_id, peer.name = conn, identity.peer_id, identity.name
         peer.highest_ping = -1
-        if not peer.previous_key:
+        if not same_router:
             was_established = peer.state == ESTABLISHED
             peer.endpoint = (conn.remote_host, identity.port)
             peer.heartbeat_seen = peer.rtt = peer.udp_address = None
@@ -346,9 +356,74 @@ class ControlPlane:
                      identity.name, identity.peer_id, format_address(peer.endpoint), conn.version)
             if was_established:  # it restarted
                 self._links_changed()
+        self._offer_key(peer, conn, 0, conn.keys[0])
         conn.send(self._gossip_message())
-        self._send_ping(peer)
         return peer
+
+    # Session keys.
+
+    def _offer_key(self, peer, conn, epoch, keys):
+        """Installs the epoch's receive key and tells the peer its id."""
+        key_id = self.dp.install_rx_key(peer.peer_id, keys.cipher, keys.receive)
+        conn.rx_key_ids[epoch] = key_id
+        conn.send({"type": "session", "epoch": epoch, "key_id": key_id})
+        return key_id
+
+    def _switch_key(self, peer, conn, epoch, key_id):
+        """Seals what goes to the peer with the epoch's key from now on."""
+        keys = conn.keys.pop(epoch, None)
+        if keys is None or not 0 < key_id < 65536:
+            raise protocol.ProtocolError(f"session for unknown epoch {epoch} or bad key id {key_id}")
+        self.dp.set_tx_key(peer.peer_id, key_id, keys.cipher, keys.send)
+        first = conn.epoch is None
+        conn.epoch, conn.keyed_at = epoch, time.monotonic()
+        self._retire_keys(conn, {e for e in conn.rx_key_ids if e < epoch})
+        if conn.outbound:  # the client starts every rekey
+            self._loop.call_later(self.config.rekey_after, self._start_rekey, peer, conn)
+        if first:
+            self._send_ping(peer)
+        else:
+            conn.rekeys += 1
+            log.debug("%s: data keys of epoch %d in use", peer.label, epoch)
+
+    def _retire_keys(self, conn, epochs):
+        """Stops accepting these epochs' receive keys once the datagrams under way are in."""
+        for epoch in epochs:
+            key_id = conn.rx_key_ids.pop(epoch)
+            self._loop.call_later(protocol.KEY_OVERLAP, self.dp.remove_rx_key, key_id)
+
+    def _start_rekey(self, peer, conn):
+        if peer.conn is not conn or conn.rekey or conn.channel.writer.is_closing():
+            return  # the connection was replaced or closed meanwhile
+        epoch = conn.epoch + 1
+        conn.rekey = (epoch, protocol.Ephemeral())
+        conn.send({"type": "rekey", "epoch": epoch, "public": conn.rekey[1].public})
+
+    def _on_rekey(self, peer, conn, message):
+        """The server's half: new keys for the epoch the client proposes."""
+        epoch = int(message["epoch"])
+        if conn.outbound or conn.epoch is None or epoch != conn.epoch + 1:
+            raise protocol.ProtocolError(f"unexpected rekey to epoch {epoch}")
+        ephemeral = protocol.Ephemeral()
+        conn.keys[epoch] = self._epoch_keys(conn, epoch, ephemeral.exchange(message["public"]))
+        key_id = self.dp.install_rx_key(peer.peer_id, conn.handshake.cipher, conn.keys[epoch].receive)
+        conn.rx_key_ids[epoch] = key_id
+        conn.send({"type": "rekey_ack", "epoch": epoch, "public": ephemeral.public, "key_id": key_id})
+
+    def _on_rekey_ack(self, peer, conn, message):
+        """The client's half: switch, then tell the server which key id to send with."""
+        epoch = int(message["epoch"])
+        if not conn.rekey or conn.rekey[0] != epoch:
+            raise protocol.ProtocolError(f"unexpected rekey_ack for epoch {epoch}")
+        ephemeral, conn.rekey = conn.rekey[1], None
+        conn.keys[epoch] = self._epoch_keys(conn, epoch, ephemeral.exchange(message["public"]))
+        self._offer_key(peer, conn, epoch, conn.keys[epoch])
+        self._switch_key(peer, conn, epoch, int(message["key_id"]))
+
+    @staticmethod
+    def _epoch_keys(conn, epoch, shared):
+        hs = conn.handshake
+        return protocol.rekey_keys(hs.psk, shared, hs.transcript, epoch, hs.cipher, conn.outbound)
 
     def _failed(self, peer, reason):
         if peer.conn or peer not in self.peers:
@@ -368,11 +443,16 @@ class ControlPlane:
 
     def _handle(self, peer, conn, message):
         kind = message["type"]
-        if kind == "gossip":
+        handlers = {"gossip": lambda: self._merge_gossip(message),
+                    "session": lambda: self._switch_key(peer, conn, int(message["epoch"]),
+                                                        int(message["key_id"])),
+                    "rekey": lambda: self._on_rekey(peer, conn, message),
+                    "rekey_ack": lambda: self._on_rekey_ack(peer, conn, message)}
+        if kind in handlers:
             try:
-                self._merge_gossip(message)
+                handlers[kind]()
             except (KeyError, TypeError, ValueError) as exc:
-                raise protocol.ProtocolError(f"malformed gossip: {exc!r}") from None
+                raise protocol.ProtocolError(f"malformed {kind}: {exc!r}") from None
         elif kind == "error":
             raise protocol.HandshakeError(str(message.get("reason")), by_peer=True)
         # "heartbeat" only refreshes conn.last_rx; unknown types come from newer versions
@@ -418,20 +498,19 @@ class ControlPlane:
             self._spawn(self._dial(peer))
 
     def _send_ping(self, peer):
+        if peer.conn.epoch is None:
+            return  # the peer has not given us its key yet
         self._ping_seq += 1
         peer.heartbeats["sent"] += 1
-        self._send_control(peer, protocol.encode_heartbeat(
-            peer.conn.session_key, protocol.PING, self._ping_seq, time.monotonic()))
+        self._send_control(peer, protocol.encode_heartbeat(protocol.PING, self._ping_seq, time.monotonic()))
 
     def _on_control(self):
+        # The dataplane names the peer whose key opened the datagram, and lets
+        # each through once: what arrives here is authentic and fresh.
         for src_peer, address, payload in self.dp.recv_control():
             peer = self._by_id(src_peer)
-            heartbeat = key = None
-            for key in (peer.conn.session_key, peer.previous_key) if peer and peer.conn else ():
-                heartbeat = key and protocol.decode_heartbeat(key, payload)
-                if heartbeat:
-                    break
-            if not heartbeat:
+            heartbeat = protocol.decode_heartbeat(payload)
+            if not heartbeat or not peer or not peer.conn:
                 self.bad_heartbeats += 1
                 if peer:
                     peer.heartbeats["rejected"] += 1
@@ -447,7 +526,7 @@ class ControlPlane:
                             log.info("%s: data path now at %s", peer.label, format_address(address))
                         peer.udp_address = address
                         self.dp.set_peer_address(src_peer, *address)
-                self._send_control(peer, protocol.encode_heartbeat(key, protocol.PONG, seq, timestamp))
+                self._send_control(peer, protocol.encode_heartbeat(protocol.PONG, seq, timestamp))
             else:
                 peer.heartbeats["answered"] += 1
                 peer.rtt = time.monotonic() - timestamp
@@ -572,6 +651,20 @@ class ControlPlane:
             return {host}
         return {info[4][0] for info in infos} | {host}
 
+    @staticmethod
+    def _session_status(conn):
+        if not conn:
+            return None
+        return {"cipher": conn.handshake.cipher, "epoch": conn.epoch, "rekeys": conn.rekeys,
+                "key_age_s": round(time.monotonic() - conn.keyed_at, 1) if conn.keyed_at else None}
+
+    def _encryption_status(self):
+        if not self.config.password:
+            return {"mode": "cleartext", "ciphers": ["none"], "rekey_after_s": self.config.rekey_after}
+        used = sorted({p.conn.handshake.cipher for p in self.peers if p.conn})
+        return {"mode": "sealed", "ciphers": used or list(protocol.preferred_ciphers(
+            (self.config.ciphers or [None])[0])), "rekey_after_s": self.config.rekey_after}
+
     def status(self) -> dict:
         per_peer = self.dp.peer_counters()
         names = {pid: s["name"] for pid, s in self.link_states.items()}
@@ -589,11 +682,13 @@ class ControlPlane:
                 else f"via {names.get(route[0], route[0])}",
                 "counters": per_peer.get(peer.peer_id, {}),
                 "heartbeats": peer.heartbeats,
+                "session": self._session_status(peer.conn),
             })
         return {
             "name": self.me.name, "peer_id": self.me.peer_id, "port": self.config.port,
             "protocol_versions": list(self.config.versions),
             "authenticated": bool(self.config.password), "down_after": self.config.down_after,
+            "encryption": self._encryption_status(),
             "peers": peers,
             "routes": [{"peer_id": dst, "name": names.get(dst), "via": via,
                         "via_name": names.get(via) if via != dst else None, "hops": hops}

@@ -33,7 +33,7 @@ from dataplane.plugin.state import StateError, StateStore
 DEFAULT_SOCKET = "/run/docker/plugins/weavefast.sock"
 DEFAULT_STATE_DIR = "/var/lib/weavefast/plugin"
 DEFAULT_BRIDGE = "weavefast"
-DEFAULT_MTU = 1430
+DEFAULT_MTU = 1414
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 REQUEST_TIMEOUT = 30  # seconds a client may take to send its request
 REATTACH_INTERVAL = 5  # seconds between checks that containers' ports are on the bridge
