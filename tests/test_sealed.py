@@ -11,6 +11,7 @@ import random
 import signal
 import socket
 import struct
+import sys
 import threading
 import time
 
@@ -125,12 +126,16 @@ def test_status_says_how_traffic_is_protected(tb):
     for host in tb.hosts[:2]:
         status = tb.status(host)
         [peer] = status["peers"]
+        shown = tb.run(host, [sys.executable, "-m", "dataplane", "status"]).stdout
         if tb.mode == "secret":
             assert status["encryption"]["mode"] == "sealed"
             assert peer["session"]["cipher"] in ("aes-256-gcm", "chacha20-poly1305")
+            assert f"encryption: {peer['session']['cipher']}, keys renewed every 120 s" in shown
+            assert f"session: {peer['session']['cipher']}, key epoch 0" in shown
         else:
             assert status["encryption"]["mode"] == "cleartext"
             assert peer["session"]["cipher"] == "none"
+            assert "encryption: none: frames in clear" in shown
             assert "traffic is not encrypted and any host" in host.router.output()
 
 

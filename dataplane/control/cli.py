@@ -92,6 +92,7 @@ def format_status(status, now=None):
         f"  peer id: {status['peer_id']}",
         f"  listening port: {status['port']}",
         f"  network secret: {'yes' if status['authenticated'] else 'none'}",
+        f"  encryption: {_encryption(status['encryption'])}",
         f"  offloads: {', '.join(offloads) or 'none'}",
         f"  mac table: {status['mac_table']['size']} entries",
     ]
@@ -112,9 +113,19 @@ def format_status(status, now=None):
         transfer = _transfer(peer["counters"])
         if transfer:
             lines.append(f"  transfer: {transfer}")
+        session = peer.get("session")
+        if session and session["epoch"] is not None:
+            lines.append(f"  session: {session['cipher']}, key epoch {session['epoch']}, "
+                         f"{session['key_age_s']:g} s old")
         if peer["last_error"] and peer["state"] != "established":
             lines.append(f"  last error: {peer['last_error']}")
     return "\n".join(lines)
+
+
+def _encryption(encryption):
+    if encryption["mode"] == "cleartext":
+        return "none: frames in clear, datagrams carry a session token (set --password or --key-file)"
+    return f"{', '.join(encryption['ciphers'])}, keys renewed every {encryption['rekey_after_s']:g} s"
 
 
 def format_peers(status):
