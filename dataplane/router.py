@@ -16,7 +16,7 @@ import sys
 import time
 
 from dataplane.control import ControlConfig, ControlPlane
-from dataplane.control.status import StatusServer
+from dataplane.control.status import StatusServer, token_path_for
 from dataplane.addresses import format_address, parse_hostport
 from dataplane.errors import RouterError, require_root
 
@@ -147,7 +147,8 @@ async def serve(dp, control_config: ControlConfig, status_addr: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     started = time.time()
     control = ControlPlane(dp, control_config)
-    status = StatusServer(control, parse_hostport(status_addr, 6784, "--status-addr"), details=lambda: {
+    status = StatusServer(control, parse_hostport(status_addr, 6784, "--status-addr"),
+                          token_file=token_path_for(control_config.name), details=lambda: {
         "uptime": round(time.time() - started, 1), "bridge": dp.config.bridge,
         "tap": dp.config.tap_name, "mtu": dp.mtu,
         "mac_table": {"size": dp.fdb_size(), "capacity": dp.config.fdb_capacity},

@@ -238,9 +238,9 @@ def test_captured_datagrams_replayed_or_altered_are_dropped(tb):
         replayed_into_c1 = _recv_all(listener)
     # A copy of a datagram h1 already accepted fails the replay window whatever
     # was altered in it; with a secret, an altered one also fails its tag.
-    assert counted == {"replayed": sent} or set(counted) <= {"replayed", "bad_tag"}
-    assert sum(counted.values()) == sent
-    assert counted.get("replayed", 0) >= len(captured)
+    assert set(counted) <= {"replayed", "bad_tag"}, counted
+    assert sum(counted.values()) >= sent, counted
+    assert counted.get("replayed", 0) >= len(captured), counted
     assert replayed_into_c1 == []
 
 

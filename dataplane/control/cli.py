@@ -30,13 +30,17 @@ def run(args):
         return 2
     try:
         if args.command in ("connect", "forget"):
-            reply = _request(base + "/" + args.command, {"host": host, "port": port or None})
+            token = _token(_request(base + "/status"))
+            reply = _request(base + "/" + args.command, {"host": host, "port": port or None}, token)
             print(", ".join(reply["forgotten"]) + ": forgotten" if "forgotten" in reply
                   else f"connecting to {reply['connecting']}")
             return 0
         status = _request(base + "/status")
     except urllib.error.HTTPError as exc:
         print(f"weavefast {args.command}: {json.load(exc).get('error', exc)}", file=sys.stderr)
+        return 1
+    except _NoToken as exc:
+        print(f"weavefast {args.command}: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"weavefast {args.command}: no router answers at {base} ({getattr(exc, 'reason', exc)}); "
@@ -52,9 +56,26 @@ def run(args):
     return 0
 
 
-def _request(url, body=None):
+class _NoToken(Exception):
+    pass
+
+
+def _token(status):
+    """The router's token for changes, from the file its status names."""
+    path = status.get("control_token_file")
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except PermissionError:
+        raise _NoToken(f"cannot read the router's token {path}: run this as root") from None
+    except (OSError, TypeError):
+        raise _NoToken(f"the router's token file {path} is missing: is it this host's router?") from None
+
+
+def _request(url, body=None, token=None):
     data = None if body is None else json.dumps(body).encode()
-    with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=10) as reply:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=10) as reply:
         return json.load(reply)
 
 
