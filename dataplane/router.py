@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -61,6 +62,9 @@ def add_arguments(p) -> None:
                    help="the plugin's socket, where dockerd looks for it")
     p.add_argument("--plugin-state-dir", default="/var/lib/weavefast/plugin", metavar="DIR",
                    help="where the plugin keeps its networks and endpoints")
+    from dataplane.plugin.server import add_reconcile_arguments
+
+    add_reconcile_arguments(p, prefix="plugin-")
     p.add_argument("-v", "--verbose", action="store_true", help="log control-plane events")
 
 
@@ -131,8 +135,9 @@ async def sweep(dp) -> None:
         dp.fdb_expire()
 
 
-async def serve(dp, control_config: ControlConfig, status_addr: str) -> None:
-    """Runs the control plane and the status API until SIGINT or SIGTERM."""
+async def serve(dp, control_config: ControlConfig, status_addr: str, plugin=None) -> None:
+    """Runs the control plane and the status API until SIGINT or SIGTERM; `plugin`, the
+    Docker plugin served alongside, shows in the status."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -143,7 +148,7 @@ async def serve(dp, control_config: ControlConfig, status_addr: str) -> None:
         "uptime": round(time.time() - started, 1), "bridge": dp.config.bridge,
         "tap": dp.config.tap_name, "mtu": dp.mtu,
         "mac_table": {"size": dp.fdb_size(), "capacity": dp.config.fdb_capacity},
-        "workers": dp.worker_counters()})
+        "workers": dp.worker_counters(), "plugin": plugin.status() if plugin else None})
     try:
         await control.start()
     except OSError as e:
@@ -156,6 +161,7 @@ async def serve(dp, control_config: ControlConfig, status_addr: str) -> None:
             raise RouterError(f"status API {status_addr}: {e.strerror} "
                               "(choose another --status-addr)") from None
         sweeper = asyncio.create_task(sweep(dp))
+        notify_ready()
         await stop.wait()
         sweeper.cancel()
         await status.stop()
@@ -185,7 +191,11 @@ def run(args) -> int:
         print(f"weavefast router {args.name} (peer id {cfg.peer_id}) forwarding: TAP {cfg.tap_name} on bridge "
               f"{cfg.bridge}, UDP port {cfg.port}, MTU {dp.mtu}, offloads: {', '.join(on) or 'none'}",
               flush=True)
-        asyncio.run(serve(dp, control, args.status_addr))
+        if plugin is not None:
+            print(f"weavefast router: Docker plugin serving NetworkDriver and IpamDriver on "
+                  f"{args.plugin_socket} (state in {args.plugin_state_dir}, reconciled with "
+                  f"{args.plugin_docker_host})", flush=True)
+        asyncio.run(serve(dp, control, args.status_addr, plugin))
     except RouterError as e:
         print(f"weavefast router: {e}", file=sys.stderr)
         return 2
@@ -196,12 +206,25 @@ def run(args) -> int:
     return 0
 
 
+def notify_ready() -> None:
+    """Tell systemd (Type=notify) that the router forwards and its plugin serves, so that
+    units ordered after it (docker.service) start only now."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(b"READY=1", address)
+
+
 def start_plugin_for(args, mtu: int):
     from dataplane.plugin import start_plugin
 
     try:
         return start_plugin(bridge=args.bridge, mtu=mtu, socket_path=args.plugin_socket,
-                            state_dir=args.plugin_state_dir)
+                            state_dir=args.plugin_state_dir, docker_host=args.plugin_docker_host,
+                            reconcile_interval=args.plugin_reconcile_interval)
     except OSError as e:
         raise RouterError(f"Docker plugin on {args.plugin_socket}: {e.strerror or e} "
                           "(is `weavefast plugin` already running? stop it, or drop --plugin)") from None
