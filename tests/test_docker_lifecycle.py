@@ -10,6 +10,7 @@ Three simulated hosts on a 1460-byte underlay (so the overlay MTU is 1390, not t
 
 The plugins reconcile with their dockerd every second (production: 30 s).
 """
+import ipaddress
 import json
 import operator
 import shutil
@@ -99,8 +100,7 @@ def plugin_and_docker(engine):
     addresses of Docker's running containers and the network's gateway, and the veth
     pairs those endpoints should have."""
     state = engine.plugin_state()
-    gateway = engine.docker("network", "inspect", "-f",
-                            "{{range .IPAM.Config}}{{.Gateway}}{{end}}", "wfl").stdout.strip()
+    gateway = str(next(ipaddress.ip_network(RANGES[engine.host.name]).hosts()))
     docker_endpoints, docker_addresses = set(), {gateway}
     for container in engine.docker("ps", "-q").stdout.split():
         networks = json.loads(engine.docker("inspect", "-f", "{{json .NetworkSettings.Networks}}",

@@ -45,6 +45,7 @@ log = logging.getLogger("weavefast.plugin")
 class DockerNetwork:
     name: str
     ours: bool  # its driver is this plugin
+    gateway: bool  # dockerd told its gateway
     subnets: set  # of its IPAM pools, when its IPAM driver is this plugin
     in_use: set  # gateways and container addresses (no prefix length)
     endpoints: dict  # endpoint id -> container name
@@ -69,11 +70,12 @@ def docker_networks(docker_host, driver_name, timeout=DOCKER_TIMEOUT):
             detail = client.inspect_network(summary["Id"])
             pools = (detail.get("IPAM") or {}).get("Config") or []
             containers = detail.get("Containers") or {}
-            in_use = {pool["Gateway"].split("/")[0] for pool in pools if pool.get("Gateway")}
-            in_use |= {c["IPv4Address"].split("/")[0] for c in containers.values()
+            gateway = any(pool.get("Gateway") for pool in pools)
+            in_use = {_address(pool["Gateway"]) for pool in pools if pool.get("Gateway")}
+            in_use |= {_address(c["IPv4Address"]) for c in containers.values()
                        if c.get("IPv4Address")}
             networks[summary["Id"]] = DockerNetwork(
-                name=detail.get("Name", ""), ours=ours,
+                name=detail.get("Name", ""), ours=ours, gateway=gateway,
                 subnets={_normal(pool["Subnet"]) for pool in pools
                          if our_ipam and pool.get("Subnet")},
                 in_use=in_use,
@@ -96,11 +98,18 @@ def leaks(state, networks):
         if endpoint_id not in endpoints_in_docker:
             found.add(("endpoint", endpoint_id))
     for pool_id, pool in state["pools"].items():
-        users = [n for n in networks.values() if _normal(pool["subnet"]) in n.subnets]
+        subnet = _normal(pool["subnet"])
+        users = [n for n in networks.values() if subnet in n.subnets]
         if not users:
             found.add(("pool", pool_id))
             continue
-        in_use = set().union(*(n.in_use for n in users))
+        # dockerd reports a gateway it was not given only until it restarts: the one
+        # it got at CreateNetwork counts too, and without any, no address is freed
+        gateways = {_address(n["gateway"]) for n in state["networks"].values()
+                    if n.get("gateway") and n.get("subnet") and _normal(n["subnet"]) == subnet}
+        in_use = set().union(gateways, *(n.in_use for n in users))
+        if not gateways and not any(n.gateway for n in users):
+            continue
         found |= {("address", pool_id, address) for address in pool["allocated"]
                   if address not in in_use}
     return found
@@ -203,6 +212,10 @@ class Reconciler:
             log.warning("%s", error)
         else:
             log.info("reconciling with dockerd at %s every %g s", self.docker_host, self.interval)
+
+
+def _address(text):
+    return text.split("/")[0]
 
 
 def _normal(subnet):
