@@ -257,3 +257,18 @@ def test_nothing_leaks_when_the_plugin_was_down_while_containers_came_and_went(h
     assert_no_leak(h3)
     run(h3, "wflafter")
     assert " 0% packet loss" in ping(h3, "wflafter", address(h3, "wflstays", "wfl")).stdout
+
+
+def test_expose_gives_the_host_its_gateway_address_on_each_docker_network(hosts):
+    h1, h2 = hosts["h1"], hosts["h2"]
+    far = run(h2, "wflfar")
+    expose = [sys.executable, "-m", "dataplane", "expose"]
+
+    exposed = h1.run_in(expose)
+
+    assert exposed.returncode == 0, exposed.stderr
+    assert exposed.stdout.startswith("10.32.1.1/16 on bridge weavefast: exposed")
+    assert h1.tb.ping(h1.host, far).ok  # the host reaches a container on another host
+    hidden = h1.run_in([sys.executable, "-m", "dataplane", "hide"])
+    assert "removed 10.32.1.1/16" in hidden.stdout, hidden.stderr
+    assert not h1.tb.ping(h1.host, far, count=1, deadline=2).ok
