@@ -20,6 +20,7 @@ from dataplane.control import ControlConfig, ControlPlane
 from dataplane.control.status import StatusServer
 from dataplane.addresses import format_address, parse_hostport
 from dataplane.errors import RouterError, require_root
+from dataplane.plugin.server import add_reconcile_arguments
 
 DEFAULT_PORT = 6783
 DEFAULT_STATUS = "127.0.0.1:6784"
@@ -62,8 +63,6 @@ def add_arguments(p) -> None:
                    help="the plugin's socket, where dockerd looks for it")
     p.add_argument("--plugin-state-dir", default="/var/lib/weavefast/plugin", metavar="DIR",
                    help="where the plugin keeps its networks and endpoints")
-    from dataplane.plugin.server import add_reconcile_arguments
-
     add_reconcile_arguments(p, prefix="plugin-")
     p.add_argument("-v", "--verbose", action="store_true", help="log control-plane events")
 

@@ -128,13 +128,13 @@ class Driver:
         container_ifname = _create_veth(endpoint_id, network["bridge"], mtu, endpoint["mac"])
         sandbox = field(request, "SandboxKey", required=False)
         # one multicast route per container: a second one for the same prefix fails the join
-        routed = any(other.get("sandbox") == sandbox for other in state["endpoints"].values()
-                     if other["joined"]) if sandbox else False
+        first_in_container = not sandbox or all(
+            other.get("sandbox") != sandbox for other in state["endpoints"].values())
         endpoint.update(joined=True, mtu=mtu, sandbox=sandbox)
         answer = {"InterfaceName": {"SrcName": container_ifname,
                                     "DstPrefix": CONTAINER_IFNAME_PREFIX},
                   "DisableGatewayService": True}
-        if not routed:
+        if first_in_container:
             answer["StaticRoutes"] = [MULTICAST_ROUTE]
         return answer
 

@@ -73,9 +73,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             with plugin.store.transaction() as state:
                 answer = handler(state, request)
         except BadRequest as e:
+            log.warning("%s: bad request: %s", method, e)
             plugin.record_error(f"{method}: bad request: {e}")
             return self._answer(400, {error_key: f"bad request: {e}"})
         except PluginError as e:
+            log.warning("%s: %s", method, e)
             plugin.record_error(f"{method}: {e}")
             return self._answer(200, {error_key: str(e)})
         except Exception as e:  # report it to dockerd rather than drop the connection
@@ -184,7 +186,7 @@ class Plugin:
             self.reconciler.start()
 
     def record_error(self, message):
-        log.warning("%s", message)
+        """Keep `message` (already logged) for the status's last errors."""
         self.errors.append({"time": time.time(), "message": message})
 
     def changed(self):
@@ -196,13 +198,14 @@ class Plugin:
         """The plugin's part of `weavefast status`; see report.py."""
         with self.store.lock:
             state = json.loads(json.dumps(self.store.data))
-        reconciler = self.reconciler
+        reconciler, docker_networks, reconciliation = self.reconciler, {}, None
+        if reconciler:
+            docker_networks = reconciler.networks
+            reconciliation = {"docker_host": reconciler.docker_host,
+                              "interval": reconciler.interval, "last": reconciler.last_pass}
         return report.plugin_status(
             state, socket=str(self.socket_path), overlay_mtu=self._known_overlay_mtu(),
-            docker_networks=reconciler.networks if reconciler else {},
-            reconciliation=reconciler and {"docker_host": reconciler.docker_host,
-                                           "interval": reconciler.interval,
-                                           "last": reconciler.last_pass},
+            docker_networks=docker_networks, reconciliation=reconciliation,
             errors=list(self.errors))
 
     def _known_overlay_mtu(self):
