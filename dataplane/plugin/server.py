@@ -66,10 +66,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         method = self.path.lstrip("/")
         error_key = "Error" if method.startswith("IpamDriver.") else "Err"
         handler = plugin.methods.get(method)
-        if handler is None:
-            return self._answer(404, {"Err": f"weavefast plugin has no method {method!r}"})
         try:
-            request = self._read_json()
+            request = self._read_json()  # before any answer: a client still sending gets EPIPE
+            if handler is None:
+                return self._answer(404, {"Err": f"weavefast plugin has no method {method!r}"})
             with plugin.store.transaction() as state:
                 answer = handler(state, request)
         except BadRequest as e:
