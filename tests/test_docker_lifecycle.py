@@ -1,7 +1,7 @@
 """Docker on hosts run as in production: boot order, reconciliation, MTU, status, multicast.
 
-Three simulated hosts on a 1460-byte underlay (so the overlay MTU is 1390, not the
-1430 a 1500-byte underlay gives), each with containerd and a real dockerd:
+Three simulated hosts on a 1460-byte underlay, each with containerd and a real
+dockerd; every router derives the overlay MTU from that underlay by itself:
 
 - h1 and h2 run `weavefast router --plugin` as weavefast.service does: started
   before dockerd, which starts only once the router said READY=1;
@@ -31,7 +31,6 @@ from test_docker import address, create_network, plugin_ports, remove_all, sh
 pytestmark = [pytest.mark.root, pytest.mark.docker]
 
 UNDERLAY_MTU = 1460
-OVERLAY_MTU = UNDERLAY_MTU - testbed.ENCAP_OVERHEAD
 RANGES = {"h1": "10.32.1.0/24", "h2": "10.32.2.0/24", "h3": "10.32.3.0/24"}
 GROUP, GROUP_PORT = "239.7.7.7", 7007
 # exits at once on SIGTERM, so that stopping dockerd does not wait 10 s for it
@@ -49,7 +48,10 @@ def engines():
     try:
         rootfs = busybox_rootfs_tar(workdir / "rootfs.tar")
         h1, h2, h3 = tb.hosts
-        tb.start_router(h3, wait=False)  # the router of `weavefast plugin` on its own
+        # the router of `weavefast plugin` on its own
+        h3.router = tb.start(h3, [sys.executable, "-m", "dataplane", "router", "--name", h3.netns,
+                                  "--peer", h1.underlay_ip, "--peer", h2.underlay_ip],
+                             name=f"{h3.netns}-router")
         for host in (h1, h2):
             engines[host.name] = DockerEngine(
                 tb, host, workdir / host.name, plugin="router", peers=[h for h in tb.hosts
@@ -59,6 +61,7 @@ def engines():
                                      plugin_args=["--reconcile-interval", "1"])
         for engine in engines.values():
             engine.docker("import", "-c", 'CMD ["sh"]', str(rootfs), IMAGE)
+        tb.wait_ready(h3)
         tb.wait_connected()
         yield engines
     finally:
@@ -87,6 +90,11 @@ def run(engine, name, *options, command=SERVICE):
 
 def ping(engine, container, ip, size=56):
     return sh(engine, container, f"ping -c 3 -w 10 -s {size} {ip}", check=False)
+
+
+def overlay_mtu(engine):
+    """The overlay MTU of `engine`'s router, as it reports it."""
+    return engine.tb.status(engine.host)["mtu"]
 
 
 def plugin_status(engine):
@@ -123,24 +131,24 @@ def assert_no_leak(engine, timeout=20):
 
 
 def test_the_plugin_gives_the_routers_mtu_and_refuses_a_larger_one(hosts):
+    mtu = overlay_mtu(hosts["h1"])
+    assert mtu < UNDERLAY_MTU - 50  # not the 1430 a 1500-byte underlay would give
     for name in ("h1", "h3"):  # the plugin in the router, and on its own
         engine = hosts[name]
-        assert engine.tb.status(engine.host)["mtu"] == OVERLAY_MTU
+        assert overlay_mtu(engine) == mtu
         refused = engine.docker("network", "create", "-d", "weavefast", "--ipam-driver",
                                 "weavefast", "--subnet", "10.40.0.0/16", "--ip-range",
                                 "10.40.1.0/24", "-o", "mtu=9000", "wflbig", check=False)
         assert refused.returncode != 0
-        assert f"-o mtu=9000 is larger than the overlay carries: at most {OVERLAY_MTU}" \
-            in refused.stderr
+        assert f"-o mtu=9000 is larger than the overlay carries: at most {mtu}" in refused.stderr
         assert "wflbig" not in engine.docker("network", "ls").stdout
 
     run(hosts["h1"], "wflsmall")
     far = run(hosts["h3"], "wflbig")
     for name, container in (("h1", "wflsmall"), ("h3", "wflbig")):
-        mtu = sh(hosts[name], container, "cat /sys/class/net/eth0/mtu").stdout.strip()
-        assert mtu == str(OVERLAY_MTU)
+        assert sh(hosts[name], container, "cat /sys/class/net/eth0/mtu").stdout.strip() == str(mtu)
     # the largest packet the container sends crosses the overlay whole
-    result = ping(hosts["h1"], "wflsmall", far, size=OVERLAY_MTU - 28)
+    result = ping(hosts["h1"], "wflsmall", far, size=mtu - 28)
     assert " 0% packet loss" in result.stdout, result.stdout
 
 
@@ -157,17 +165,18 @@ def test_status_shows_the_plugins_networks_endpoints_and_errors(hosts):
         return status if network and network["endpoints"][0]["container"] == "wflweb" else None
 
     status = h1.tb.wait_for(web_known, what="the container's name in the status")
+    mtu = overlay_mtu(h1)
     network = next(n for n in status["networks"] if n["name"] == "wfl")
-    assert status["socket"] == PLUGIN_SOCKET and status["overlay_mtu"] == OVERLAY_MTU
+    assert status["socket"] == PLUGIN_SOCKET and status["overlay_mtu"] == mtu
     assert (network["subnet"], network["ip_range"], network["mtu"]) == \
-        ("10.32.0.0/16", RANGES["h1"], OVERLAY_MTU)
+        ("10.32.0.0/16", RANGES["h1"], mtu)
     endpoint, = network["endpoints"]
     assert (endpoint["address"], endpoint["mac"]) == (f"{ip}/16", mac)
     assert "mtu 99999 is outside 68..65535" in status["last_errors"][-1]["message"]
 
     text = h1.run_in([sys.executable, "-m", "dataplane", "status"]).stdout
     assert f"docker plugin: {PLUGIN_SOCKET}" in text
-    assert f"subnet 10.32.0.0/16, range {RANGES['h1']}, mtu {OVERLAY_MTU}" in text
+    assert f"subnet 10.32.0.0/16, range {RANGES['h1']}, mtu {mtu}" in text
     assert f"wflweb: {ip}/16 {mac} on wfdh" in text
     serving = [line for line in h1.plugin.output().splitlines() if "Docker plugin serving" in line]
     assert len(serving) == 1 and PLUGIN_SOCKET in serving[0], serving
