@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dataplane import router
+
 UNITS = Path(__file__).parent / "systemd"
 SERVICE = "weavefast.service"
 DROP_IN = Path("docker.service.d") / "10-weavefast.conf"
@@ -30,8 +32,6 @@ SAFE_OPTION = re.compile(r"[^\s'\"\\$]+")
 
 
 def add_arguments(parser):
-    from dataplane import router
-
     parser.add_argument("--root", default="/", metavar="DIR",
                         help="install under DIR and leave systemd alone (default: this system)")
     group = parser.add_argument_group("router options, for the service (default: those "
@@ -41,8 +41,6 @@ def add_arguments(parser):
 
 def router_options(args):
     """The router options given on the command line (those not at their default)."""
-    from dataplane import router
-
     parser = argparse.ArgumentParser()
     router.add_arguments(parser)
     options = []
