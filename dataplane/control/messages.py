@@ -44,9 +44,13 @@ def hex_string(message, key, nbytes, what):
     return value
 
 
+def valid_name(value) -> bool:
+    return type(value) is str and 0 < len(value) <= MAX_NAME and bool(_NAME.fullmatch(value))
+
+
 def name(message, key, what):
     value = _field(message, key, what)
-    if type(value) is not str or not 0 < len(value) <= MAX_NAME or not _NAME.fullmatch(value):
+    if not valid_name(value):
         raise ProtocolError(f"{what}: {key} must be 1 to {MAX_NAME} letters, digits or . _ - : @ +, "
                             f"got {quote(value)}")
     return value
