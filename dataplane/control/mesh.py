@@ -157,6 +157,7 @@ class ControlPlane:
         self._server = self._loop = None
         self.admission = Admission()
         self.refused = Counter()  # REFUSALS key -> connections or peers turned away
+        self._joining = Counter()  # address -> new routers from it accepted, handshake not over
         self._quiet = QuietLog(log)
 
     # Lifecycle.
@@ -286,11 +287,12 @@ class ControlPlane:
         remote_host = unmapped(writer.get_extra_info("peername")[0])
         remote = format_address(writer.get_extra_info("peername")[:2])
         channel = protocol.Channel(reader, writer)
+        joining = []  # this connection's count in self._joining, until it is attached
         try:
             try:
                 handshake = await asyncio.wait_for(protocol.handshake(
                     channel, self.me, self.config.password, outbound,
-                    accept=lambda identity: self._accept_identity(identity, remote_host),
+                    accept=lambda identity: self._accept_identity(identity, remote_host, joining),
                     versions=self.config.versions, ciphers=self.config.ciphers),
                     min(self.config.down_after, 5.0))
             except protocol.HandshakeError as exc:
@@ -320,6 +322,8 @@ class ControlPlane:
             finally:
                 if admitted:
                     self.admission.done(admitted)
+                for address in joining:  # no await from here to _attach: the count stays true
+                    self._joining[address] -= 1
             if dialed:
                 dialed.dialing = False
             conn = Connection(channel, outbound, handshake)
@@ -349,7 +353,7 @@ class ControlPlane:
             self._writers.discard(writer)
             writer.close()
 
-    def _accept_identity(self, identity, remote_host):
+    def _accept_identity(self, identity, remote_host, joining):
         if self._is_forgotten(peer_id=identity.peer_id):
             return (f"{self.me.name} was told to forget {identity.name}; run `weavefast connect` "
                     f"on {self.me.name} to peer again")
@@ -362,9 +366,12 @@ class ControlPlane:
             self.refused["peer_table_full"] += 1
             return (f"{self.me.name} has {len(self.peers)} peers, its most: `weavefast forget` "
                     "peers that are gone")
-        if sum(1 for p in self.peers if p.conn and p.conn.remote_host == remote_host) >= MAX_PEERS_PER_ADDRESS:
+        from_address = sum(1 for p in self.peers if p.endpoint and p.endpoint[0] == remote_host)
+        if from_address + self._joining[remote_host] >= MAX_PEERS_PER_ADDRESS:
             self.refused["peers_from_address"] += 1
             return f"{self.me.name} already has {MAX_PEERS_PER_ADDRESS} routers at {remote_host}"
+        self._joining[remote_host] += 1
+        joining.append(remote_host)
         return None
 
     def _preferred(self, new, old):

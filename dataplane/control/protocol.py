@@ -317,8 +317,17 @@ async def handshake(channel: Channel, me: Identity, secret: bytes | None, outbou
 
     `accept(identity)` is called once the peer is authenticated and returns
     None or the reason to refuse it. Raises HandshakeError (refused by either
-    side), ProtocolError, or OSError/IncompleteReadError (connection lost).
+    side), ProtocolError (the other side is told why before the connection
+    closes), or OSError/IncompleteReadError (connection lost).
     """
+    try:
+        return await _handshake(channel, me, secret, outbound, accept, versions, ciphers)
+    except ProtocolError as exc:
+        channel.send({"type": "error", "reason": str(exc)})
+        raise
+
+
+async def _handshake(channel, me, secret, outbound, accept, versions, ciphers):
     ephemeral = Ephemeral()
     ciphers = ciphers or preferred_ciphers()
     hello = encode_message({
