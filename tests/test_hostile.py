@@ -268,3 +268,50 @@ def test_oversized_gossip_after_the_handshake_is_refused(testbed_factory):
         assert tb.status(h1)["refused"]["invalid_message"] == 1
         assert "gossip link state: name must be 1 to 64" in h1.router.output()
         check_survived(tb, args)
+
+
+def test_a_live_peer_identity_cannot_be_taken_over(testbed_factory):
+    """Without a secret, a stranger that claims h2's name and peer id while h2 is
+    alive is refused, and h1 keeps talking to the real h2."""
+    with testbed_factory(hosts=3) as tb:
+        h1, h2, _ = tb.hosts
+        args = start(tb, secret=False)
+        real = next(p for p in tb.status(h1)["peers"] if p["name"] == h2.netns)
+        me = protocol.Identity(h2.netns, real["peer_id"], 6783, os.urandom(8).hex())
+
+        async def impostor(reader, writer):
+            try:
+                await protocol.handshake(protocol.Channel(reader, writer), me, None, True)
+            except protocol.HandshakeError as exc:
+                return exc.reason
+            return "accepted"
+
+        [reason] = asyncio.run(stranger_connections(tb, h1, 1, impostor))
+        assert reason == (f"{h2.netns} (peer id {real['peer_id']}) is connected from {h2.underlay_ip}; "
+                          f"another one from {tb.hosts[2].underlay_ip} is refused while that one answers")
+        peer = next(p for p in tb.status(h1)["peers"] if p["name"] == h2.netns)
+        assert peer["state"] == "established" and peer["endpoint"].startswith(h2.underlay_ip + ":")
+        check_survived(tb, args)
+
+
+def test_a_flood_of_status_api_connections_stays_bounded(testbed_factory, open_files):
+    with testbed_factory(hosts=3) as tb:
+        h1 = tb.hosts[0]
+        args = start(tb, secret=False)
+        threads_before = len(os.listdir(f"/proc/{h1.router.pid}/task"))
+        clients = []
+        try:
+            for _ in range(1000):   # connect and say nothing, as a slow client would
+                sock = tb.socket(h1, socket.AF_INET, socket.SOCK_STREAM)
+                sock.settimeout(5)
+                sock.connect(("127.0.0.1", testbed.STATUS_PORT))
+                clients.append(sock)
+            threads = len(os.listdir(f"/proc/{h1.router.pid}/task"))
+            assert threads <= threads_before + 16 + 2, f"{threads} threads for {len(clients)} idle clients"
+            assert rss_kb(h1.router.pid) < RSS_LIMIT_KB and open_fds(h1.router.pid) < FD_LIMIT
+        finally:
+            for sock in clients:
+                sock.close()
+        status = tb.wait_for(lambda: tb.status(h1), what="the status API after the flood")
+        assert status["status_api_turned_away"] > 900
+        check_survived(tb, args)

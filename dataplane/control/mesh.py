@@ -360,6 +360,10 @@ class ControlPlane:
         known = self._by_id(identity.peer_id)
         if known and known.conn and known.name != identity.name:
             return f"peer id {identity.peer_id} of {identity.name} is already used by {known.name}"
+        if known and known.conn and known.state == ESTABLISHED and known.conn.remote_host != remote_host:
+            # Without a secret anyone may claim any identity: not one that is alive elsewhere.
+            return (f"{identity.name} (peer id {identity.peer_id}) is connected from {known.conn.remote_host}; "
+                    f"another one from {remote_host} is refused while that one answers")
         if known or self._by_address((remote_host, identity.port)):
             return None
         if len(self.peers) >= self.config.max_peers:

@@ -35,6 +35,31 @@ DEFAULT_ADDRESS = ("127.0.0.1", 6784)
 STATE_VALUES = {"established": 1}
 TOKEN_DIR = Path("/run/weavefast")
 MAX_REQUEST = 4096
+MAX_CLIENTS = 16      # connections served at once; more are closed (one thread each)
+CLIENT_TIMEOUT = 5.0  # seconds a client may take to send its request
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, but never more than MAX_CLIENTS of them."""
+    daemon_threads = True
+
+    def __init__(self, *args):
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self.turned_away = 0
+        super().__init__(*args)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.turned_away += 1
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 def token_path_for(router_name: str) -> Path:
@@ -133,7 +158,8 @@ class StatusServer:
     def status(self):
         async def snapshot():
             return {**self.control.status(), **self.details(),
-                    "control_token_file": str(self.token_file) if self.token_file else None}
+                    "control_token_file": str(self.token_file) if self.token_file else None,
+                    "status_api_turned_away": self._httpd.turned_away}
         return self._call(snapshot())
 
     def _refusal(self, headers):
@@ -157,6 +183,8 @@ class StatusServer:
         registry.register(_Snapshot(self.status))
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = CLIENT_TIMEOUT
+
             def log_message(self, fmt, *args):
                 log.debug("%s %s", self.address_string(), fmt % args)
 
@@ -201,8 +229,7 @@ class StatusServer:
                 else:
                     self.reply(404, {"error": f"no peer matches {host}"})
 
-        self._httpd = ThreadingHTTPServer(self.address, Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _BoundedServer(self.address, Handler)
         self.address = self._httpd.server_address[:2]
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="weavefast-status", daemon=True)
