@@ -78,7 +78,9 @@ def describe(exc: BaseException) -> str:
         return "connection refused"
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
-    return str(exc)
+    if isinstance(exc, (protocol.ProtocolError, protocol.HandshakeError)):
+        return str(exc)  # built with what the peer sent already cut short
+    return f"{type(exc).__name__}: {str(exc)[:messages.MAX_REASON]}"
 
 
 def unmapped(host):
@@ -310,7 +312,10 @@ class ControlPlane:
                     self.refused["handshake"] += 1
                     self._quiet((remote_host, exc.reason[:40]), logging.WARNING, f"{remote}: {reason}")
                 return
-            except (protocol.ProtocolError, OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            except Exception as exc:  # whatever the input: one line, never a traceback
+                if not isinstance(exc, (protocol.ProtocolError, OSError, asyncio.IncompleteReadError,
+                                        TimeoutError)):
+                    log.debug("handshake with %s", remote, exc_info=True)
                 if dialed:
                     dialed.dialing = False
                     self._failed(dialed, f"handshake with {remote} failed: {describe(exc)}")
