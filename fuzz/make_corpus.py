@@ -188,6 +188,35 @@ def uso_seeds():
     }
 
 
+def rxpath_seeds(dgrams):
+    """fuzz_rxpath.c: receive batches of datagrams (2-byte length each, 0xffff ends a batch),
+    src_peer 1..3 known, this router 100."""
+    def item(d):
+        return struct.pack("!H", len(d)) + d
+
+    def renumber(d, src):
+        return d[:8] + struct.pack("!II", src, 0) + d[16:]
+    by_name = dict(dgrams)
+    frames_ = [renumber(d, 1) for n, d in dgrams if n.startswith("frames_")]
+    tso = [renumber(d, 2) for n, d in dgrams if n.startswith("fragment_tso")]
+    vlan = [renumber(d, 3) for n, d in dgrams if n.startswith("fragment_vlan")]
+    # A message split across two batches (through the reassembler), another one starting.
+    frame = udp_frame(b"x" * 100)
+    rec = struct.pack("!HBB", len(frame), 0, 0) + frame
+
+    def frag(src, msg, total, off, chunk):
+        return ref.encode_header(ref.TYPE_FRAGMENT, src, 0, 1) + struct.pack("!III", msg, total, off) + chunk
+    return {
+        "frames_one_batch": b"".join(item(d) for d in frames_),
+        "tso_one_batch": b"".join(item(d) for d in tso),
+        "tso_two_batches": item(tso[0]) + b"\xff\xff" + b"".join(item(d) for d in tso[1:]),
+        "interleaved": b"".join(item(a) + item(b) for a, b in zip(tso, vlan + frames_)),
+        "udp_flow": b"".join(item(renumber(by_name["frames_udp"], 1)) for _ in range(6)),
+        "reassembled_then_new": item(frag(1, 1, len(rec), 0, rec[:60])) + b"\xff\xff"
+                                + item(frag(1, 1, len(rec), 60, rec[60:])) + item(frag(2, 5, 3000, 0, b"\xee" * 200)),
+    }
+
+
 def replay_seeds():
     """fuzz_replay.c: 9-byte steps (mode, u64)."""
     def step(mode, v):
@@ -214,6 +243,7 @@ def main():
     # fuzz_datagram.c: received datagrams, trailer included.
     write("datagram", {n: ref.seal_datagram(d, ref.CIPHER_NONE, TOKEN) for n, d in dgrams})
     write("reasm", reasm_seeds(dgrams))
+    write("rxpath", rxpath_seeds(dgrams))
     write("uso", uso_seeds())
     # fuzz_aead.c: 3 steering bytes, then a datagram sealed with its key (and one in the clear).
     aead = {}
