@@ -98,3 +98,81 @@ HELLO_OVERFLOW = (b'{"type":"weavefasq","versions":[1,2],"auth":"pse53755a","ci4
 def test_hello_with_infinite_number_is_a_protocol_error(hello):
     with pytest.raises(protocol.ProtocolError):
         check_hello(protocol._parse(hello))
+
+
+# fuzz/fuzz_rxpath.c, FUZZ_RXPATH_STRICT, seed fuzz/corpus/rxpath/reassembled_then_new:
+# a FRAGMENT message completed by the reassembler (its first fragment arrived in an
+# earlier receive batch) whose record is a plain IPv4/UDP frame is held for
+# coalescing (rx_uso_hold) while it still lies in the reassembly slot, which
+# wf_reasm_feed has already made free again. A fragment that starts another message
+# later in the same batch is gathered, spilled into the reassembler at the end of
+# the batch (before rx_uso_flush), lands in that slot and overwrites the held frame:
+# the TAP gets the new fragment's bytes instead. Reproduced here on a real router:
+# cleartext mode (the session token is read off the wire, as anyone on the path can),
+# h1's router stopped while the second batch queues up so that it is read at once.
+@pytest.mark.root
+@pytest.mark.xfail(strict=True, reason="ext/pipeline.pxi: a frame of a reassembled message held "
+                   "for USO coalescing is overwritten when the reassembly slot is reused in the same "
+                   "batch (proposed fix: rx_uso_flush at the end of rx_reassemble)")
+def test_rx_frame_held_for_coalescing_survives_reassembly(testbed_factory):
+    import os
+    import signal
+    import socket
+    import struct
+    import time
+
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    from dataplane import reference as wire
+    from dataplane import testbed
+    from test_sealed import LISTEN_PORT, capture_traffic, from_host
+
+    with testbed_factory(hosts=3) as tb:
+        h1, h2, stranger = tb.hosts
+        tb.add_container(h1)
+        tb.add_container(h2)
+        for host, peer in ((h1, h2), (h2, h1)):
+            tb.start_router(host, peers=[peer], wait=False)
+        for host in (h1, h2):
+            tb.wait_ready(host)
+        tb.wait_for(lambda: all(p["state"] == "established" for h in (h1, h2) for p in tb.status(h)["peers"]),
+                    timeout=20, what="h1 and h2 established")
+        c1, c2 = tb.containers
+        real = from_host(capture_traffic(tb, udp_count=2), h2)
+        assert real, "no datagram from h2 captured"
+        last = max(real, key=lambda d: int.from_bytes(d[16:24], "big"))
+        key_id, token = int.from_bytes(last[6:8], "big"), last[-wire.TRAILER_LEN:]
+        counter = int.from_bytes(last[16:24], "big") + 1000
+        ids = {h.name: tb.status(h)["peer_id"] for h in (h1, h2)}
+        payload = b"held-for-coalescing-" + os.urandom(8).hex().encode()
+        frame = bytes(Ether(src=c2.mac, dst=c1.mac) / IP(src=c2.ip4, dst=c1.ip4)
+                      / UDP(sport=4444, dport=LISTEN_PORT, chksum=0) / payload)
+        record = struct.pack("!HBB", len(frame), 0, 0) + frame
+
+        def fragment(msg, total, offset, chunk):
+            nonlocal counter
+            counter += 1
+            return (wire.encode_header(wire.TYPE_FRAGMENT, ids["h2"], ids["h1"], counter, key_id=key_id)
+                    + struct.pack("!III", msg, total, offset) + chunk + token)
+
+        first, second = fragment(0x7f000001, len(record), 0, record[:40]), \
+            fragment(0x7f000001, len(record), 40, record[40:])
+        other = fragment(0x7f000002, 3000, 0, b"\xee" * 200)   # starts a message that never ends
+        with tb.socket(c1) as listener, tb.socket(stranger) as out:
+            listener.bind((c1.ip4, LISTEN_PORT))
+            listener.settimeout(3)
+            out.sendto(first, (h1.underlay_ip, testbed.ROUTER_PORT))
+            time.sleep(0.3)   # read alone: spilled into the reassembler at the end of its batch
+            os.kill(h1.router.pid, signal.SIGSTOP)
+            try:
+                out.sendto(second, (h1.underlay_ip, testbed.ROUTER_PORT))
+                out.sendto(other, (h1.underlay_ip, testbed.ROUTER_PORT))
+                time.sleep(0.1)
+            finally:
+                os.kill(h1.router.pid, signal.SIGCONT)   # both read in one batch
+            try:
+                got = listener.recv(2048)
+            except socket.timeout:
+                got = None
+        assert got == payload
