@@ -19,3 +19,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 python3 -c "import atheris" 2>/dev/null ||
   python3 -m pip install -q --disable-pip-version-check "atheris>=2.3"
+# The Python targets and make test-asan import the project's dependencies,
+# which tools/setup.sh (make setup / make test) installs.
+python3 -c "import cryptography, pytest, scapy" 2>/dev/null || {
+  echo "fuzz/setup.sh: the project's Python dependencies are missing: run 'sudo make setup' first" >&2
+  exit 1
+}
