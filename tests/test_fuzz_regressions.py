@@ -113,6 +113,25 @@ def test_hello_with_infinite_number_is_a_protocol_error(hello):
 # the TAP gets the new fragment's bytes instead. Reproduced here on a real router:
 # cleartext mode (the session token is read off the wire, as anyone on the path can),
 # h1's router stopped while the second batch queues up so that it is read at once.
+def wait_stopped(pid, timeout=5.0):
+    """Until every thread of `pid` is stopped (SIGSTOP is not instantaneous)."""
+    import glob
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = []
+        for stat in glob.glob(f"/proc/{pid}/task/*/stat"):
+            try:
+                with open(stat) as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except OSError:
+                pass
+        if states and all(state in "tT" for state in states):
+            return
+        time.sleep(0.005)
+    raise TimeoutError(f"process {pid} did not stop")
+
+
 @pytest.mark.root
 @pytest.mark.xfail(strict=True, reason="ext/pipeline.pxi: a frame of a reassembled message held "
                    "for USO coalescing is overwritten when the reassembly slot is reused in the same "
@@ -169,6 +188,7 @@ def test_rx_frame_held_for_coalescing_survives_reassembly(testbed_factory):
             time.sleep(0.3)   # read alone: spilled into the reassembler at the end of its batch
             os.kill(h1.router.pid, signal.SIGSTOP)
             try:
+                wait_stopped(h1.router.pid)
                 out.sendto(second, (h1.underlay_ip, testbed.ROUTER_PORT))
                 out.sendto(other, (h1.underlay_ip, testbed.ROUTER_PORT))
                 time.sleep(0.1)
