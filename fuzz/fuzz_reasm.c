@@ -9,14 +9,6 @@
  * src (0..5), msg (0..3), total (u16, scaled), offset (u16), length (u8,
  * scaled); chunk contents are a pattern of the fragment's position, so the
  * model can tell every byte apart.
- *
- * Known divergence (tests/test_fuzz_regressions.py::
- * test_reasm_whole_message_in_one_fragment_keeps_other_partials, xfail): a
- * message that arrives whole in one fragment while every slot holds another
- * peer's partial message evicts the oldest of them in reasm.h, while the
- * reference returns it without taking a slot. Unless built with
- * -DFUZZ_REASM_STRICT, such a fragment is skipped here so that the fuzzer
- * keeps looking for other bugs; build with it once reasm.h is fixed.
  */
 #include "fuzz_common.h"
 #include "reasm.h"
@@ -119,13 +111,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (wf_check_fragment(fragbuf, WF_FRAG_HDR_LEN + len, &m_, &tot_, &off_) != WF_OK) continue;
         FUZZ_CHECK(m_ == msg && tot_ == total && off_ == offset);
         memcpy(chunkbuf, fragbuf + WF_FRAG_HDR_LEN, len);
-#ifndef FUZZ_REASM_STRICT
-        if (offset == 0 && len == total && !model[src].busy) {
-            unsigned busy = 0;
-            for (unsigned i = 0; i < NSRC; i++) busy += model[i].busy;
-            if (busy >= nslots) continue;   /* the known divergence above */
-        }
-#endif
         got = wf_reasm_feed(r, src, msg, total, offset, chunkbuf, len, &dropped);
         want = model_feed(nslots, src, msg, total, offset, chunkbuf, len, &single);
         FUZZ_CHECK((got == NULL) == (want == NULL));

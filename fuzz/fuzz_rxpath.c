@@ -12,16 +12,11 @@
  *  - no read of a receive buffer after its batch ended (buffers are freed at
  *    the end of each batch: ASan reports any later use).
  *
- * Known bug (tests/test_fuzz_regressions.py::
- * test_rx_frame_held_for_coalescing_survives_reassembly, xfail): a frame of
- * a message completed by the reassembler is held for coalescing while it
- * still lies in the reassembly slot, which wf_reasm_feed already counts as
- * free: a fragment that starts a message later in the same batch (or the
- * spill at the end of it) overwrites it before rx_uso_flush writes it.
- * The fix proposed is one line, rx_uso_flush at the end of rx_reassemble;
- * unless built with -DFUZZ_RXPATH_STRICT, this transcription has it, so that
- * the fuzzer keeps looking for other bugs. Drop the macro once pipeline.pxi
- * has the fix.
+ * A frame of a message completed by the reassembler is held for coalescing
+ * while it still lies in the reassembly slot, which wf_reasm_feed already
+ * counts as free: rx_reassemble writes it before another fragment can reuse
+ * the slot (tests/test_fuzz_regressions.py::
+ * test_rx_frame_held_for_coalescing_survives_reassembly).
  *
  * Input: datagrams, each a 2-byte length then that many bytes (header and
  * body, taken as opened; the 16-byte trailer is added behind it as in the
@@ -120,9 +115,7 @@ static void rx_reassemble(worker *w, uint32_t src, int src_slot, uint32_t msg, u
     if (!whole) return;
     if (wf_check_records(whole, total, &count)) return;
     rx_deliver(w, whole, total, src_slot);
-#ifndef FUZZ_RXPATH_STRICT
-    rx_uso_flush(w);   /* the proposed fix: the slot is free again once feed returned */
-#endif
+    rx_uso_flush(w);   /* the slot is free again once feed returned */
 }
 
 static void rx_gather_spill(worker *w) {

@@ -10,8 +10,7 @@
 # crash, leak, sanitizer report, timeout or out-of-memory fails the target:
 # the input is left in build/fuzz/crashes/<target>/ and the log in
 # build/fuzz/<target>.log; the script goes on with the other targets and
-# exits 1 at the end if any failed. FUZZ_STRICT=1 drops the harnesses'
-# allowances for known bugs (fuzz/README.md). Reproduce with
+# exits 1 at the end if any failed. Reproduce with
 #   build/fuzz/bin/fuzz_<target> build/fuzz/crashes/<target>/crash-...
 #   python3 fuzz/fuzz_<target>.py build/fuzz/crashes/<target>/crash-...
 set -uo pipefail
@@ -26,8 +25,6 @@ mkdir -p "$out/bin"
 CC=${FUZZ_CC:-clang}
 CFLAGS=(-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
         -D_GNU_SOURCE -Iext/includes -Ifuzz)
-# FUZZ_STRICT=1: no allowance for the known bugs (fuzz/README.md).
-[ "${FUZZ_STRICT:-}" = 1 ] && CFLAGS+=(-DFUZZ_REASM_STRICT -DFUZZ_RXPATH_STRICT)
 
 declare -A dict=([datagram]=datagram [rxpath]=datagram [reasm]= [uso]= [aead]=datagram [replay]= [control]=control [reference]=datagram)
 failed=()
