@@ -61,6 +61,8 @@ def add_arguments(p) -> None:
                    help="the plugin's socket, where dockerd looks for it")
     p.add_argument("--plugin-state-dir", default="/var/lib/weavefast/plugin", metavar="DIR",
                    help="where the plugin keeps its networks and endpoints")
+    from dataplane.plugin.options import add_arguments as add_plugin_arguments
+    add_plugin_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true", help="log control-plane events")
 
 
@@ -131,19 +133,24 @@ async def sweep(dp) -> None:
         dp.fdb_expire()
 
 
-async def serve(dp, control_config: ControlConfig, status_addr: str) -> None:
-    """Runs the control plane and the status API until SIGINT or SIGTERM."""
+async def serve(dp, control_config: ControlConfig, status_addr: str, plugin=None) -> None:
+    """Runs the control plane and the status API until SIGINT or SIGTERM; `plugin` (the
+    Docker plugin's services, or None) announces through the control plane and reports
+    in the status."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     started = time.time()
     control = ControlPlane(dp, control_config)
+    if plugin is not None:
+        plugin.attach(control)
     status = StatusServer(control, parse_hostport(status_addr, 6784, "--status-addr"), details=lambda: {
         "uptime": round(time.time() - started, 1), "bridge": dp.config.bridge,
         "tap": dp.config.tap_name, "mtu": dp.mtu,
         "mac_table": {"size": dp.fdb_size(), "capacity": dp.config.fdb_capacity},
-        "workers": dp.worker_counters()})
+        "workers": dp.worker_counters(),
+        **({"plugin": plugin.status()} if plugin is not None else {})})
     try:
         await control.start()
     except OSError as e:
@@ -179,13 +186,14 @@ def run(args) -> int:
     plugin = None
     try:
         if args.plugin:
-            plugin = start_plugin_for(args, dp.mtu)
+            from dataplane.plugin.services import PluginServices
+            plugin = PluginServices(args, cfg.bridge, dp.mtu, args.name)
         dp.start()
         on = [k for k, v in dp.status_offloads().items() if v]
         print(f"weavefast router {args.name} (peer id {cfg.peer_id}) forwarding: TAP {cfg.tap_name} on bridge "
               f"{cfg.bridge}, UDP port {cfg.port}, MTU {dp.mtu}, offloads: {', '.join(on) or 'none'}",
               flush=True)
-        asyncio.run(serve(dp, control, args.status_addr))
+        asyncio.run(serve(dp, control, args.status_addr, plugin))
     except RouterError as e:
         print(f"weavefast router: {e}", file=sys.stderr)
         return 2
@@ -194,14 +202,3 @@ def run(args) -> int:
             plugin.close()
         dp.close()
     return 0
-
-
-def start_plugin_for(args, mtu: int):
-    from dataplane.plugin import start_plugin
-
-    try:
-        return start_plugin(bridge=args.bridge, mtu=mtu, socket_path=args.plugin_socket,
-                            state_dir=args.plugin_state_dir)
-    except OSError as e:
-        raise RouterError(f"Docker plugin on {args.plugin_socket}: {e.strerror or e} "
-                          "(is `weavefast plugin` already running? stop it, or drop --plugin)") from None

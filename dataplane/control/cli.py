@@ -114,6 +114,9 @@ def format_status(status, now=None):
             lines.append(f"  transfer: {transfer}")
         if peer["last_error"] and peer["state"] != "established":
             lines.append(f"  last error: {peer['last_error']}")
+    if status.get("plugin"):
+        from dataplane.plugin.ipam_cli import format_plugin_status
+        lines += format_plugin_status(status["plugin"])
     return "\n".join(lines)
 
 

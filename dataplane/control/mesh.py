@@ -122,6 +122,10 @@ class ControlPlane:
         self._tasks = set()
         self._writers = set()
         self._gossip_pending = False
+        # Data other subsystems announce through gossip (the Docker plugin's address ranges
+        # and names): peer_id -> {"name", "version", "data": {key: value}}, ours included.
+        self.announced = {config.peer_id: {"name": config.name, "version": time.time_ns(),
+                                           "data": {}}}
         self._stopping = False
         self._server = self._loop = None
 
@@ -493,6 +497,7 @@ class ControlPlane:
                        "port": p.endpoint[1]} for p in self.peers if p.state == ESTABLISHED],
             "links": [{"peer_id": pid, "name": s["name"], "version": s["version"],
                        "links": sorted(s["links"])} for pid, s in self.link_states.items()],
+            "announced": [{"peer_id": pid, **entry} for pid, entry in self.announced.items()],
         }
 
     def _schedule_gossip(self):
@@ -516,6 +521,13 @@ class ControlPlane:
                 self.link_states[pid] = {"name": str(entry["name"]), "version": version,
                                          "links": {int(p) for p in entry["links"]}}
                 changed = True
+        for entry in message.get("announced", []):  # absent from older routers
+            pid, version = int(entry["peer_id"]), int(entry["version"])
+            known = self.announced.get(pid)
+            if pid != self.me.peer_id and (known is None or version > known["version"]):
+                self.announced[pid] = {"name": str(entry["name"]), "version": version,
+                                       "data": dict(entry["data"])}
+                self._schedule_gossip()
         for entry in message["peers"]:
             pid, address = int(entry["peer_id"]), (str(entry["host"]), int(entry["port"]))
             if (pid == self.me.peer_id or self._by_id(pid) or self._by_address(address)
@@ -529,6 +541,26 @@ class ControlPlane:
             self._recompute_routes()
             self._schedule_gossip()
             self._dial_due()
+
+    # What other subsystems announce through the mesh (thread-safe).
+
+    def announce(self, key, value):
+        """Tell every router `key` = `value` (JSON-able) from this one; called from any thread."""
+        def update():
+            mine = self.announced[self.me.peer_id]
+            mine["data"] = {**mine["data"], key: value}
+            mine["version"] = max(mine["version"] + 1, time.time_ns())
+            self._schedule_gossip()
+        if self._loop is None:  # not started: nothing else runs yet
+            update()
+        else:
+            self._loop.call_soon_threadsafe(update)
+
+    def announcements(self, key):
+        """{router name: value of `key`} from this router and those reachable now."""
+        reachable = set(self.routes) | {self.me.peer_id}
+        return {entry["name"]: entry["data"][key] for pid, entry in list(self.announced.items())
+                if pid in reachable and key in entry["data"]}
 
     # What the status API exposes.
 

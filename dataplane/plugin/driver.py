@@ -23,20 +23,24 @@ import secrets
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from dataplane.plugin.ipam import GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE
 from dataplane.plugin.protocol import PluginError, field
 
 GENERIC_OPTIONS = "com.docker.network.generic"  # where `docker network create -o k=v` arrives
 MTU_OPTIONS = ("mtu", "com.docker.network.driver.mtu")  # ours, and the bridge driver's name
 CONTAINER_IFNAME_PREFIX = "eth"
 MIN_MTU, MAX_MTU = 68, 65535
+ROUTE_CONNECTED = 1  # libnetwork's route type for an on-link route (no next hop)
+WEAVEFAST_SPACES = (LOCAL_ADDRESS_SPACE, GLOBAL_ADDRESS_SPACE)
 
 
 class Driver:
     """The NetworkDriver methods; each takes (state, request) and returns the answer."""
 
-    def __init__(self, bridge, mtu):
+    def __init__(self, bridge, mtu, dns_address=None):
         self.bridge = bridge
         self.mtu = mtu
+        self.dns_address = dns_address  # weavefast's DNS server on the bridge (dataplane/dns)
 
     def get_capabilities(self, state, request):
         # "local": dockerd keeps the network on this host only (it is created on each
@@ -55,11 +59,18 @@ class Driver:
         if unknown:
             raise PluginError(f"unknown option(s) {', '.join(unknown)}: weavefast networks "
                               "take -o mtu=N")
+        ipv4_data = field(request, "IPv4Data", list, required=False)
+        for data in ipv4_data:
+            if isinstance(data, dict) and data.get("AddressSpace") not in WEAVEFAST_SPACES:
+                # Docker's default IPAM hands out the same addresses on every host
+                raise PluginError("weavefast networks need weavefast's IPAM, which keeps "
+                                  "addresses unique across hosts: add --ipam-driver weavefast")
         mtu = self.mtu
         for name in MTU_OPTIONS:
             if name in generic:
                 mtu = parse_mtu(generic[name])
-        state["networks"][network_id] = {"bridge": self.bridge, "mtu": mtu}
+        subnet = next((d.get("Pool") for d in ipv4_data if isinstance(d, dict)), None)
+        state["networks"][network_id] = {"bridge": self.bridge, "mtu": mtu, "subnet": subnet}
         return {}
 
     def delete_network(self, state, request):
@@ -107,10 +118,18 @@ class Driver:
         network = state["networks"][endpoint["network"]]
         container_ifname = _create_veth(endpoint_id, network["bridge"], network["mtu"],
                                         endpoint["mac"])
-        endpoint["joined"] = True
-        return {"InterfaceName": {"SrcName": container_ifname,
-                                  "DstPrefix": CONTAINER_IFNAME_PREFIX},
-                "DisableGatewayService": True}
+        sandbox = field(request, "SandboxKey", required=False)
+        # one on-link route to the DNS server per container: a second one fails the join
+        route_elsewhere = any(e.get("sandbox") == sandbox and e["joined"]
+                              for e in state["endpoints"].values()) if sandbox else False
+        endpoint.update(joined=True, sandbox=sandbox)
+        answer = {"InterfaceName": {"SrcName": container_ifname,
+                                    "DstPrefix": CONTAINER_IFNAME_PREFIX},
+                  "DisableGatewayService": True}
+        if self.dns_address and not route_elsewhere:
+            answer["StaticRoutes"] = [{"Destination": f"{self.dns_address}/32",
+                                       "RouteType": ROUTE_CONNECTED}]
+        return answer
 
     def leave(self, state, request):
         _endpoint(state, request)["joined"] = False

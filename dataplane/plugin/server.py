@@ -9,7 +9,10 @@ gets 400 with the same key; an unknown method 404 (dockerd then treats the metho
 not implemented). Calls are served one at a time, each on a copy of the state that
 is saved before it becomes current (see state.py), so a failed call changes nothing.
 At start and every few seconds the plugin also puts the containers' ports back on
-the bridge if the bridge was recreated meanwhile (see driver.reattach_ports).
+the bridge if the bridge was recreated meanwhile (see driver.reattach_ports), gives
+back address blocks that stayed empty (blocks.py) and announces its address ranges
+through the mesh when there is no store. With a Docker API to follow (`docker`), it
+also keeps containers' names and previous addresses (names.py).
 
 The router runs the same server in its own process with `start_plugin()`.
 """
@@ -19,16 +22,20 @@ import errno
 import http.server
 import json
 import logging
+import os
 import signal
 import socket
 import socketserver
 import threading
 from pathlib import Path
 
-from dataplane.plugin import ipam
+from dataplane.plugin import blocks
 from dataplane.plugin.driver import Driver, parse_mtu, reattach_ports
+from dataplane.plugin.ipam import DEFAULT_SUBNET, Ipam
+from dataplane.plugin.names import Names
 from dataplane.plugin.protocol import BadRequest, PluginError
 from dataplane.plugin.state import StateError, StateStore
+from dataplane.store import EtcdStore
 
 DEFAULT_SOCKET = "/run/docker/plugins/weavefast.sock"
 DEFAULT_STATE_DIR = "/var/lib/weavefast/plugin"
@@ -36,6 +43,7 @@ DEFAULT_BRIDGE = "weavefast"
 DEFAULT_MTU = 1430
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 REQUEST_TIMEOUT = 30  # seconds a client may take to send its request
+MAINTENANCE_INTERVAL = 1  # seconds between block releases and range announcements
 REATTACH_INTERVAL = 5  # seconds between checks that containers' ports are on the bridge
 MAX_BODY = 1 << 20
 
@@ -112,11 +120,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class Plugin:
     """A running plugin server; `close()` stops it and removes its socket."""
 
-    def __init__(self, bridge, mtu, socket_path, state_dir):
+    def __init__(self, bridge, mtu, socket_path, state_dir, cluster=None, docker=None,
+                 dns_address=None, default_subnet=DEFAULT_SUBNET):
         self.socket_path = Path(socket_path)
         _claim_socket_path(self.socket_path)
         self.store = StateStore(state_dir)
-        driver = Driver(bridge, mtu)
+        self.cluster = cluster or blocks.Cluster(socket.gethostname())
+        self.names = Names(self.store, self.cluster, docker) if docker else None
+        ipam = Ipam(self.cluster, default_subnet,
+                    self.names.previous_address if self.names else None)
+        driver = Driver(bridge, mtu, dns_address)
         self.methods = {
             "Plugin.Activate": _activate,
             "NetworkDriver.GetCapabilities": driver.get_capabilities,
@@ -139,6 +152,9 @@ class Plugin:
             "IpamDriver.ReleaseAddress": ipam.release_address,
         }
         self._reattach_ports()  # before serving: see driver.reattach_ports
+        self._reconciled = self.cluster.store is None
+        self._announced = None
+        self._maintain()
         self._server = _UnixHTTPServer(str(self.socket_path), _Handler)
         self._server.plugin = self
         self._closing = threading.Event()
@@ -146,6 +162,8 @@ class Plugin:
             threading.Thread(target=self._server.serve_forever, name="weavefast-plugin",
                              daemon=True),
             threading.Thread(target=self._keep_ports_attached, name="weavefast-plugin-ports",
+                             daemon=True),
+            threading.Thread(target=self._keep_blocks, name="weavefast-plugin-blocks",
                              daemon=True),
         ]
         for thread in self._threads:
@@ -164,8 +182,55 @@ class Plugin:
         while not self._closing.wait(REATTACH_INTERVAL):
             self._reattach_ports()
 
+    def _maintain(self):
+        """Blocks: reconcile with the store once it answers, give back empty ones, announce
+        ranges through the mesh. Store trouble is logged and retried."""
+        try:
+            with self.store.transaction() as state:
+                if not self._reconciled:
+                    self.cluster.store_call("read this host's blocks", blocks.reconcile_with_store,
+                                            self.cluster, state)
+                    self._reconciled = True
+                released = blocks.release_empty_blocks(self.cluster, state)
+            if released:
+                log.info("gave back empty block(s) %s", ", ".join(released))
+            if self.cluster.store is None and self.cluster.mesh is not None:
+                announcement = blocks.announcement(self.store.data)
+                if announcement != self._announced:
+                    self.cluster.mesh.publish(blocks.MESH_KEY, announcement)
+                    self._announced = announcement
+        except PluginError as e:
+            log.debug("blocks: %s", e)
+        except Exception:
+            log.exception("address block upkeep failed")
+
+    def _keep_blocks(self):
+        while not self._closing.wait(MAINTENANCE_INTERVAL):
+            self._maintain()
+
+    def status(self):
+        """The plugin's part of the router's status: address blocks, store, names."""
+        with self.store.lock:
+            state = self.store.data
+            summary = blocks.summary(self.cluster, state)
+            conflicts = blocks.mesh_conflicts(self.cluster, state)
+        store = self.cluster.store
+        return {
+            "host": self.cluster.host,
+            "store": None if store is None else {
+                "endpoints": store.display,
+                "state": "unreachable" if self.cluster.store_error else "reachable",
+                "error": self.cluster.store_error, "since": self.cluster.store_error_since},
+            "blocks": summary,
+            "conflicts": [{"subnet": c[0], "range": c[1], "host": c[2], "their_range": c[3]}
+                          for c in conflicts],
+            "names": self.names.status() if self.names else None,
+        }
+
     def close(self):
         self._closing.set()
+        if self.names:
+            self.names.close()
         self._server.shutdown()
         self._server.server_close()
         for thread in self._threads:
@@ -185,14 +250,14 @@ def _activate(state, request):
 
 
 def start_plugin(bridge=DEFAULT_BRIDGE, mtu=DEFAULT_MTU, socket_path=DEFAULT_SOCKET,
-                 state_dir=DEFAULT_STATE_DIR):
+                 state_dir=DEFAULT_STATE_DIR, **cluster_options):
     """Serve the plugin from a thread of this process (as `weavefast router --plugin` does).
 
     Returns a `Plugin` handle; `handle.close()` stops serving and removes the socket.
     Raises OSError when the socket cannot be bound (another plugin serving it, no
     permission) and StateError when the state file cannot be read.
     """
-    return Plugin(bridge, mtu, socket_path, state_dir)
+    return Plugin(bridge, mtu, socket_path, state_dir, **cluster_options)
 
 
 def _claim_socket_path(path):
@@ -223,6 +288,19 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--mtu", type=_mtu_argument, default=DEFAULT_MTU,
                         help="MTU of container interfaces, the overlay MTU; a network's "
                              "-o mtu=N overrides it (default %(default)s)")
+    parser.add_argument("--store", default=os.environ.get("WEAVEFAST_STORE"),
+                        metavar="etcd://HOST:2379",
+                        help="cluster store for address blocks (default $WEAVEFAST_STORE; none: "
+                             "this host's --ip-range, or the whole subnet)")
+    parser.add_argument("--name", default=socket.gethostname(),
+                        help="this host's name in the store (default: the hostname; the "
+                             "router's --name when run by `weavefast router --plugin`)")
+    parser.add_argument("--block-size", type=int, default=blocks.DEFAULT_BLOCK_PREFIX,
+                        metavar="PREFIX", help="prefix length of the address blocks claimed in "
+                                               "the store (default /%(default)s)")
+    parser.add_argument("--block-grace", type=float, default=blocks.DEFAULT_GRACE,
+                        metavar="SECONDS", help="how long a block stays empty before it is "
+                                                "given back (default %(default)s)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
 
@@ -243,8 +321,11 @@ def run(args) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        plugin = start_plugin(args.bridge, args.mtu, args.socket, args.state_dir)
-    except (OSError, StateError) as e:
+        store = EtcdStore(args.store) if args.store else None
+        plugin = start_plugin(args.bridge, args.mtu, args.socket, args.state_dir,
+                              cluster=blocks.Cluster(args.name, store, block_prefix=args.block_size,
+                                                     grace=args.block_grace))
+    except (OSError, StateError, ValueError) as e:
         log.error("cannot start: %s", e)
         return 1
     log.info("serving NetworkDriver and IpamDriver on %s (bridge %s, mtu %d, state in %s)",

@@ -1,0 +1,174 @@
+"""What `weavefast router --plugin` runs beside the router: the Docker plugin with its
+cluster store and mesh link, weavefast's DNS server on the bridge, and the
+ready-made network.
+
+- The DNS server listens on `--dns-address` (169.254.53.53) put on the overlay
+  bridge; its socket is bound to the bridge, so replies to containers leave through
+  it without a route on the host (the kernel takes the destination as on-link). An
+  nftables rule keeps the address local: ARP and packets for it that arrive from the
+  router's TAP (other hosts' containers) are dropped, so each container is answered
+  by its own host.
+- The ready-made network (`--network weavefast`, subnet `--subnet`) is created
+  through the Docker API once dockerd answers, as Weave Net did, so `docker run
+  --network weavefast` works on every host without a create step.
+"""
+import errno
+import json
+import logging
+import subprocess
+import threading
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from dataplane.dns import DnsServer
+from dataplane.errors import RouterError
+from dataplane.plugin import blocks
+from dataplane.plugin.docker_api import DockerClient, DockerError
+from dataplane.plugin.server import start_plugin
+from dataplane.store import EtcdStore
+
+log = logging.getLogger("weavefast.plugin")
+
+NETWORK_RETRY = 2.0  # seconds between attempts to create the ready-made network
+
+
+class PluginServices:
+    def __init__(self, args, bridge, mtu, peer_name):
+        self.args = args
+        self.bridge = bridge
+        self.dns = None
+        self._address_added = self._nft_table = None
+        try:
+            store = EtcdStore(args.store) if args.store else None
+        except (ValueError, OSError) as e:
+            raise RouterError(f"--store: {e}") from None
+        if not 8 <= args.block_size <= 30:
+            raise RouterError(f"--block-size {args.block_size}: use a prefix from 8 to 30")
+        self.mesh = blocks.MeshLink()
+        self.cluster = blocks.Cluster(peer_name, store, self.mesh, args.block_size,
+                                      args.block_grace)
+        try:
+            self.docker = DockerClient(args.docker_host)
+        except ValueError as e:
+            raise RouterError(f"--docker-host: {e}") from None
+        try:
+            self.plugin = start_plugin(bridge=bridge, mtu=mtu, socket_path=args.plugin_socket,
+                                       state_dir=args.plugin_state_dir, cluster=self.cluster,
+                                       docker=self.docker, dns_address=args.dns_address or None,
+                                       default_subnet=args.subnet)
+        except OSError as e:
+            raise RouterError(f"Docker plugin on {args.plugin_socket}: {e.strerror or e} "
+                              "(is `weavefast plugin` already running? stop it, or drop "
+                              "--plugin)") from None
+        self._closing = threading.Event()
+        try:
+            if args.dns_address:
+                self._start_dns(args.dns_address)
+        except BaseException:
+            self.close()
+            raise
+        self._network_thread = None
+        if args.network:
+            self._network_thread = threading.Thread(target=self._create_network, daemon=True,
+                                                    name="weavefast-network")
+            self._network_thread.start()
+
+    def attach(self, control):
+        self.mesh.attach(control)
+
+    # -- DNS on the bridge --------------------------------------------------------------
+
+    def _start_dns(self, address):
+        with IPRoute() as ipr:
+            index = ipr.link_lookup(ifname=self.bridge)[0]
+            try:
+                ipr.addr("add", index=index, address=address, prefixlen=32)
+                self._address_added = (index, address)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:  # left by a router that was killed
+                    raise RouterError(f"--dns-address {address}: {e}") from None
+                self._address_added = (index, address)
+        self._keep_dns_local(address)
+        names = self.plugin.names
+        try:
+            self.dns = DnsServer(address, names.lookup, names.reverse, device=self.bridge)
+        except OSError as e:
+            raise RouterError(f"DNS server on {address}:53: {e.strerror or e} "
+                              "(choose another --dns-address, or '' for none)") from None
+
+    def _keep_dns_local(self, address):
+        tap = self.args.tap or f"wf-{self.bridge}"
+        table = f"weavefast_dns_{self.bridge}".replace("-", "_")
+        rules = (f"table bridge {table} {{\n"
+                 f"  chain input {{ type filter hook input priority 0;\n"
+                 f"    iifname \"{tap}\" arp daddr ip {address} drop\n"
+                 f"    iifname \"{tap}\" ip daddr {address} drop\n  }}\n}}\n")
+        try:
+            subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True,
+                           capture_output=True)
+            self._nft_table = table
+        except (OSError, subprocess.CalledProcessError) as e:
+            log.warning("cannot keep %s local to this host (nft: %s): other hosts may "
+                        "answer ARP for it too", address, getattr(e, "stderr", e))
+
+    # -- the ready-made network ---------------------------------------------------------
+
+    def _create_network(self):
+        name, subnet = self.args.network, self.args.subnet
+        while not self._closing.is_set():
+            try:
+                status, _ = self.docker.request("GET", f"/networks/{name}")
+                if status == 200:
+                    return
+                status, answer = self.docker.request("POST", "/networks/create", {
+                    "Name": name, "Driver": "weavefast", "CheckDuplicate": True,
+                    "IPAM": {"Driver": "weavefast", "Config": [{"Subnet": subnet}]}})
+                if status == 201:
+                    log.info("created Docker network %s (%s)", name, subnet)
+                    return
+                log.warning("cannot create Docker network %s: %s", name,
+                            (answer or {}).get("message", status))
+            except DockerError as e:
+                log.debug("dockerd not answering yet: %s", e)
+            self._closing.wait(NETWORK_RETRY)
+
+    # -- status -------------------------------------------------------------------------
+
+    def dns_setting(self):
+        """Whether dockerd's daemon.json sends unknown names to our DNS server."""
+        address = self.args.dns_address
+        if not address:
+            return None
+        try:
+            with open(self.args.docker_config) as f:
+                servers = json.load(f).get("dns", [])
+        except (OSError, ValueError):
+            servers = []
+        if address in servers:
+            return {"in_place": True, "address": address}
+        return {"in_place": False, "address": address,
+                "fix": f"add \"dns\": [\"{address}\"] to {self.args.docker_config} and "
+                       "restart dockerd"}
+
+    def status(self):
+        return {**self.plugin.status(), "dns": {
+            "setting": self.dns_setting(),
+            "answered": self.dns.answered if self.dns else 0,
+            "forwarded": self.dns.forwarded if self.dns else 0}}
+
+    def close(self):
+        self._closing.set()
+        if self.dns:
+            self.dns.close()
+        if self._nft_table:
+            subprocess.run(["nft", "delete", "table", "bridge", self._nft_table],
+                           capture_output=True)
+        if self._address_added:
+            try:
+                with IPRoute() as ipr:
+                    index, address = self._address_added
+                    ipr.addr("del", index=index, address=address, prefixlen=32)
+            except NetlinkError:
+                pass  # went with the bridge
+        self.plugin.close()
