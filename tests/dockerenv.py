@@ -11,7 +11,12 @@ inside one private mount namespace of its own:
 - dockerd with its own data root, exec root and API socket (`workdir/docker.sock`),
   its own cgroup parent, and `--iptables=false --ip6tables=false --bridge=none
   --ip-forward=false --ip-masq=false`: it touches nothing outside the namespace;
-- `weavefast plugin` (`start_plugin()` / `stop_plugin()` to restart it).
+- `weavefast plugin` (`start_plugin()` / `stop_plugin()` to restart it), or, with
+  `router_args`, `weavefast router --plugin` with those arguments (the host's router:
+  the plugin, its DNS server and the ready-made network).
+
+`restart_dockerd()` stops dockerd (without live-restore, so its containers stop) and
+starts it again.
 
 The mount namespace is held by an "anchor" process (`sleep infinity`); the others
 join it with `nsenter -t ANCHOR -m`. Every process is started through the testbed
@@ -140,8 +145,10 @@ def wait_for_socket(path, process, timeout=15.0):
 # -- an engine per simulated host ---------------------------------------------------
 
 class DockerEngine:
-    def __init__(self, tb, host, workdir, bridge="weavefast", mtu=None):
+    def __init__(self, tb, host, workdir, bridge="weavefast", mtu=None, router_args=None,
+                 dns=None):
         self.tb, self.host, self.workdir = tb, host, Path(workdir)
+        self.router_args, self.dns = router_args, dns
         self.bridge, self.mtu = bridge, mtu or tb.overlay_mtu
         self.name = f"{tb.prefix}-{host.name}"
         self.api_socket = self.workdir / "docker.sock"
@@ -191,12 +198,21 @@ class DockerEngine:
         wait_for_socket(Path(f"/proc/{self.anchor.pid}/root/run/containerd/containerd.sock"),
                         containerd)
 
-        daemon_config = self.workdir / "daemon.json"
+        self.daemon_config = self.workdir / "daemon.json"
         # the trust key would otherwise go to /etc/docker/key.json
-        daemon_config.write_text(json.dumps({"deprecated-key-path":
-                                             str(self.workdir / "key.json")}))
+        config = {"deprecated-key-path": str(self.workdir / "key.json")}
+        if self.dns:
+            config["dns"] = [self.dns]
+        self.daemon_config.write_text(json.dumps(config))
+        self.start_dockerd()
+        if self.router_args is not None:
+            self.start_router()
+        else:
+            self.start_plugin()
+
+    def start_dockerd(self):
         self.dockerd = self._in_mount_ns([
-            "dockerd", "--config-file", str(daemon_config),
+            "dockerd", "--config-file", str(self.daemon_config),
             "--data-root", str(self.workdir / "docker"), "--exec-root", "/run/docker",
             "--pidfile", "/run/docker.pid", "-H", f"unix://{self.api_socket}",
             "--containerd", "/run/containerd/containerd.sock",
@@ -205,7 +221,26 @@ class DockerEngine:
             "--ip-forward=false", "--ip-masq=false", "--userland-proxy=false",
         ], "dockerd")
         wait_for_socket(self.api_socket, self.dockerd)
-        self.start_plugin()
+
+    def restart_dockerd(self):
+        assert self.dockerd.stop(grace=30) == 0, self.dockerd.output()[-3000:]
+        self.processes.remove(self.dockerd)
+        self.api_socket.unlink(missing_ok=True)
+        self.start_dockerd()
+
+    def start_router(self):
+        """`weavefast router --plugin` in this host's namespaces, peering with the others."""
+        argv = [sys.executable, "-m", "dataplane", "router", "--name", self.host.netns,
+                "--bridge", self.bridge, "--mtu", str(self.mtu), "--plugin",
+                "--plugin-state-dir", str(self.workdir / "plugin-state"),
+                "--docker-host", f"unix://{self.api_socket}",
+                "--docker-config", str(self.daemon_config), "-v"]
+        for peer in self.tb.hosts:
+            if peer is not self.host:
+                argv += ["--peer", peer.underlay_ip]
+        self.plugin = self.host.router = self._in_mount_ns(argv + list(self.router_args),
+                                                           "router")
+        wait_for_socket(self.plugin_socket, self.plugin)
 
     # -- the plugin -----------------------------------------------------------------
 

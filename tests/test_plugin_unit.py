@@ -192,8 +192,10 @@ def known_ids(plugin):
     ("NetworkDriver.CreateNetwork", {"NetworkID": "m" * 64, "Options": {
         "com.docker.network.generic": {"colour": "blue"}}}, 200, "Err", "unknown option(s) colour"),
     ("NetworkDriver.CreateNetwork", {"NetworkID": "k" * 64}, 200, "Err", "already exists"),
-    ("IpamDriver.RequestPool", {"AddressSpace": "WeavefastLocal", "Pool": "10.46.0.0/16"},
-     200, "Error", "--ip-range"),
+    ("NetworkDriver.CreateNetwork", {"NetworkID": "m" * 64, "IPv4Data": [
+        {"AddressSpace": "LocalDefault", "Pool": "172.18.0.0/16"}]}, 200, "Err",
+     "need weavefast's IPAM, which keeps addresses unique across hosts: add --ipam-driver "
+     "weavefast"),
     ("IpamDriver.RequestPool", {"AddressSpace": "WeavefastLocal", "Pool": "10.46.0.0/16",
                                 "SubPool": "10.47.0.0/24"}, 200, "Error", "not inside --subnet"),
     ("IpamDriver.RequestPool", {"AddressSpace": "WeavefastLocal", "Pool": "10.45.0.0/20",

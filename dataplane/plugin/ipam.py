@@ -16,6 +16,7 @@ or in one nobody holds. A container that starts again asks for its previous
 address first (see names.py: Docker does not say who is asking). IPv4 only.
 """
 import ipaddress
+import time
 import uuid
 
 from dataplane.plugin import blocks
@@ -25,6 +26,7 @@ LOCAL_ADDRESS_SPACE = "WeavefastLocal"
 GLOBAL_ADDRESS_SPACE = "WeavefastGlobal"
 GATEWAY_REQUEST = "com.docker.network.gateway"  # Options["RequestAddressType"] for the gateway
 DEFAULT_SUBNET = "10.32.0.0/12"
+DEFAULT_REFUSALS = 3  # default pools dockerd gave back unused before we stop offering it
 
 
 class Ipam:
@@ -35,6 +37,8 @@ class Ipam:
         self.default_subnet = default_subnet
         # (state, subnet) -> the address the container being started had, or None
         self.previous_address = previous_address or (lambda state, subnet: None)
+        self._default_pools = {}  # pool id -> when it was handed out, until it is used
+        self._default_refusals = 0
 
     def get_capabilities(self, state, request):
         # No replay after a dockerd restart: the pools and addresses are kept on disk.
@@ -51,8 +55,13 @@ class Ipam:
                               f"{LOCAL_ADDRESS_SPACE} and {GLOBAL_ADDRESS_SPACE})")
         if field(request, "V6", bool, required=False):
             raise PluginError("weavefast IPAM hands out IPv4 addresses only")
-        subnet = _network(field(request, "Pool", required=False) or self.default_subnet,
-                          "Pool")
+        asked = field(request, "Pool", required=False)
+        subnet = _network(asked or self.default_subnet, "Pool")
+        if not asked and self._default_refusals >= DEFAULT_REFUSALS:
+            self._default_refusals = 0
+            raise PluginError(f"the default subnet {subnet} overlaps a route of this host, so "
+                              f"dockerd refuses it: give --subnet CIDR, or start the router "
+                              f"with --subnet CIDR")
         sub_pool = field(request, "SubPool", required=False)
         ip_range = _network(sub_pool, "SubPool") if sub_pool else None
         if ip_range is not None:
@@ -72,17 +81,27 @@ class Ipam:
         pool_id = uuid.uuid4().hex
         state["pools"][pool_id] = {"space": space, "subnet": str(subnet),
                                    "range": str(ip_range) if ip_range else None}
+        if not asked:
+            self._default_pools[pool_id] = time.monotonic()
         return {"PoolID": pool_id, "Pool": str(subnet), "Data": {}}
 
     def release_pool(self, state, request):
         pool_id = field(request, "PoolID")
         pool = _pool(state, pool_id)
         del state["pools"][pool_id]
+        # dockerd gives a pool it did not ask for back at once, and asks again, when it
+        # overlaps a route of the host: after a few rounds, refuse with the fix instead
+        created = self._default_pools.pop(pool_id, None)
+        if created is not None and time.monotonic() - created < 1.0:
+            self._default_refusals += 1
         blocks.drop_subnet_if_unused(self.cluster, state, pool["subnet"])
         return {}
 
     def request_address(self, state, request):
-        pool = _pool(state, field(request, "PoolID"))
+        pool_id = field(request, "PoolID")
+        pool = _pool(state, pool_id)
+        self._default_pools.pop(pool_id, None)
+        self._default_refusals = 0
         subnet = ipaddress.ip_network(pool["subnet"])
         limit = ipaddress.ip_network(pool["range"]) if pool["range"] else None
         wanted = field(request, "Address", required=False)

@@ -1,0 +1,136 @@
+"""Addresses and names across hosts, as a Docker user sees them: three simulated hosts,
+each with a real dockerd and `weavefast router --plugin --store etcd://...`, and a real
+etcd on the first host's underlay address.
+
+The engines and routers are shared by the module; every test removes its containers
+and networks (the ready-made network `weavefast` stays, as on a real host).
+"""
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from dataplane import testbed
+from dataplane.dns import DEFAULT_DNS_ADDRESS
+from dockerenv import IMAGE, DockerEngine, busybox_rootfs_tar, docker_unavailable
+from etcdenv import Etcd, etcd_unavailable
+
+pytestmark = [pytest.mark.root, pytest.mark.docker]
+
+CONTAINERS = 20
+BLOCK_GRACE = 2  # seconds, so that the test sees empty blocks go back
+# Weave's 10.32.0.0/12 holds the testbed's underlay (10.47.0.0/24), which dockerd refuses
+SUBNET = "10.32.0.0/13"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    reason = docker_unavailable() or etcd_unavailable()
+    if reason:
+        pytest.skip(reason)
+    workdir = Path(tempfile.mkdtemp(prefix="wfc"))  # short: dockerd's socket paths are limited
+    tb = testbed.Testbed(hosts=3, prefix=testbed.unique_prefix("wfc"))
+    engines = []
+    try:
+        etcd = Etcd(tb, tb.hosts[0], workdir, ip=tb.hosts[0].underlay_ip)
+        rootfs = busybox_rootfs_tar(workdir / "rootfs.tar")
+        for host in tb.hosts:
+            engines.append(DockerEngine(tb, host, workdir / host.name, dns=DEFAULT_DNS_ADDRESS,
+                                        router_args=["--store", etcd.url, "--subnet", SUBNET,
+                                                     "--block-grace", str(BLOCK_GRACE)]))
+            engines[-1].docker("import", "-c", 'CMD ["sh"]', str(rootfs), IMAGE)
+        tb.wait_connected()
+        yield tb, etcd, engines
+    finally:
+        for engine in engines:
+            engine.close()
+        tb.close()
+        shutil.rmtree(workdir)
+        left = tb.leftovers()
+        assert not any(left.values()), left
+
+
+@pytest.fixture
+def hosts(cluster):
+    tb, etcd, engines = cluster
+    yield engines
+    if not etcd.process.alive():
+        etcd.start()
+    for engine in engines:
+        containers = engine.docker("ps", "-aq").stdout.split()
+        if containers:
+            engine.docker("rm", "-f", *containers)
+        for network in engine.docker("network", "ls", "-q", "--filter",
+                                     "driver=weavefast").stdout.split():
+            if engine.docker("network", "inspect", "-f", "{{.Name}}",
+                             network).stdout.strip() != "weavefast":
+                engine.docker("network", "rm", network)
+
+
+def run(engine, name, network, *options):
+    engine.docker("run", "-d", "--name", name, "--network", network, *options, IMAGE,
+                  "sleep", "600")
+
+
+def address(engine, container, network):
+    template = f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}'
+    return engine.docker("inspect", "-f", template, container).stdout.strip()
+
+
+def sh(engine, container, command, check=False, timeout=60):
+    return engine.docker("exec", container, "sh", "-c", command, check=check, timeout=timeout)
+
+
+def unreachable(engine, container, targets):
+    """The targets (names or addresses) a container cannot ping (one ping each, in one exec)."""
+    script = "; ".join(f"ping -c 1 -W 3 {t} >/dev/null 2>&1 || echo {t}" for t in targets)
+    return sh(engine, container, script, timeout=120).stdout.split()
+
+
+def router_status(engine):
+    return engine.tb.status(engine.host)["plugin"]
+
+
+def used_addresses(engine):
+    return sum(b["used"] for blocks in router_status(engine)["blocks"].values() for b in blocks)
+
+
+def test_networks_without_options_give_every_container_its_own_address_and_name(hosts):
+    for engine in hosts:  # the router made it ready on every host
+        engine.tb.wait_for(lambda: "weavefast" in engine.docker(
+            "network", "ls", "--format", "{{.Name}}").stdout, what="the ready-made network")
+        engine.docker("network", "create", "-d", "weavefast", "--ipam-driver", "weavefast",
+                      "wfnet")
+    gateways = [used_addresses(engine) for engine in hosts]
+    names = [f"c{i}" for i in range(CONTAINERS)]
+    for i, name in enumerate(names):
+        run(hosts[i % 3], name, "wfnet" if i % 4 else "weavefast")
+    addresses = {}
+    for i, name in enumerate(names):
+        network = "wfnet" if i % 4 else "weavefast"
+        addresses[name] = address(hosts[i % 3], name, network)
+    assert len(set(addresses.values())) == CONTAINERS, addresses
+    assert all(a.startswith("10.3") for a in addresses.values()), addresses
+
+    for engine in hosts:  # names reach the store, and the other hosts, within a second or so
+        engine.tb.wait_for(lambda: router_status(engine)["names"]["records"] == CONTAINERS,
+                           what=f"{CONTAINERS} name records on {engine.host.name}")
+    for engine, first in zip(hosts, names[:3]):  # one container on each host asks for all
+        others = [n for n in names if n != first]
+        assert unreachable(engine, first, others) == []
+        assert unreachable(engine, first, [addresses[n] for n in others]) == []
+    lookup = sh(hosts[0], "c0", f"nslookup {addresses['c1']}").stdout  # PTR, across hosts
+    assert "c1" in lookup, lookup
+    setting = router_status(hosts[0])["dns"]["setting"]
+    assert setting == {"in_place": True, "address": DEFAULT_DNS_ADDRESS}
+
+    for i, name in enumerate(names):
+        hosts[i % 3].docker("rm", "-f", name)
+    for engine, expected in zip(hosts, gateways):  # only the networks' gateways remain
+        assert used_addresses(engine) == expected
+    run(hosts[0], "probe", "wfnet")
+    gone = sh(hosts[0], "probe", "nslookup c5 2>&1; nslookup c6 2>&1").stdout
+    assert "can't find c5" in gone and "can't find c6" in gone, gone
