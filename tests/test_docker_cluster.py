@@ -7,6 +7,7 @@ and networks (the ready-made network `weavefast` stays, as on a real host).
 """
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -98,6 +99,12 @@ def used_addresses(engine):
     return sum(b["used"] for blocks in router_status(engine)["blocks"].values() for b in blocks)
 
 
+def wait_for_records(engine, count):
+    """Names reach the store, and the other hosts, within a second or so."""
+    engine.tb.wait_for(lambda: router_status(engine)["names"]["records"] == count,
+                       what=f"{count} name records on {engine.host.name}")
+
+
 def test_networks_without_options_give_every_container_its_own_address_and_name(hosts):
     for engine in hosts:  # the router made it ready on every host
         engine.tb.wait_for(lambda: "weavefast" in engine.docker(
@@ -115,9 +122,8 @@ def test_networks_without_options_give_every_container_its_own_address_and_name(
     assert len(set(addresses.values())) == CONTAINERS, addresses
     assert all(a.startswith("10.3") for a in addresses.values()), addresses
 
-    for engine in hosts:  # names reach the store, and the other hosts, within a second or so
-        engine.tb.wait_for(lambda: router_status(engine)["names"]["records"] == CONTAINERS,
-                           what=f"{CONTAINERS} name records on {engine.host.name}")
+    for engine in hosts:
+        wait_for_records(engine, CONTAINERS)
     for engine, first in zip(hosts, names[:3]):  # one container on each host asks for all
         others = [n for n in names if n != first]
         assert unreachable(engine, first, others) == []
@@ -134,3 +140,47 @@ def test_networks_without_options_give_every_container_its_own_address_and_name(
     run(hosts[0], "probe", "wfnet")
     gone = sh(hosts[0], "probe", "nslookup c5 2>&1; nslookup c6 2>&1").stdout
     assert "can't find c5" in gone and "can't find c6" in gone, gone
+
+
+def test_losing_the_store_stops_no_traffic_and_no_container_with_room(cluster, hosts):
+    tb, etcd, _ = cluster
+    run(hosts[0], "before", "weavefast")
+    run(hosts[1], "peer", "weavefast")
+    target = address(hosts[1], "peer", "weavefast")
+
+    etcd.stop()
+    hosts[0].tb.wait_for(lambda: router_status(hosts[0])["store"]["state"] == "unreachable",
+                         what="the router to notice the store is gone")
+    status = tb.run(hosts[0].host, [sys.executable, "-m", "dataplane", "status"]).stdout
+    assert "UNREACHABLE: new address blocks wait for it" in status, status
+    assert unreachable(hosts[0], "before", [target]) == []  # forwarding goes on
+    run(hosts[0], "during", "weavefast")  # room left in this host's block
+    during = address(hosts[0], "during", "weavefast")
+
+    etcd.start()
+    hosts[0].tb.wait_for(lambda: router_status(hosts[0])["store"]["state"] == "reachable",
+                         what="the router to see the store again")
+    run(hosts[2], "after", "weavefast")
+    seen = [address(hosts[0], "before", "weavefast"), target, during,
+            address(hosts[2], "after", "weavefast")]
+    assert len(set(seen)) == len(seen), seen
+    wait_for_records(hosts[2], len(seen))
+    assert unreachable(hosts[2], "after", ["before", "during", "peer"]) == []
+
+
+def test_a_container_gets_its_address_back_after_a_dockerd_restart(hosts):
+    engine = hosts[1]
+    engine.docker("run", "-d", "--name", "keeper", "--restart", "always", "--network",
+                  "weavefast", IMAGE, "sleep", "600")
+    run(engine, "other", "weavefast")  # stopped for good by the restart: its address is free
+    before = address(engine, "keeper", "weavefast")
+    engine.docker("rm", "-f", "other")
+
+    engine.restart_dockerd()
+
+    engine.tb.wait_for(lambda: engine.docker("inspect", "-f", "{{.State.Running}}",
+                                             "keeper").stdout.strip() == "true",
+                       timeout=60, what="the container to come back")
+    assert address(engine, "keeper", "weavefast") == before
+    engine.docker("restart", "-t", "0", "keeper")  # and after a plain restart too
+    assert address(engine, "keeper", "weavefast") == before
