@@ -64,6 +64,10 @@ def format_blocks(store, plugin):
         for c in plugin.get("conflicts", []):
             lines.append(f"  refused: {c['range']} of {c['subnet']} overlaps {c['their_range']} "
                          f"of host {c['host']}")
+        for host, subnets in sorted(plugin.get("peer_ranges", {}).items()):
+            for subnet, ranges in sorted(subnets.items()):
+                lines.append(f"  {host} (through the mesh)  {subnet}  "
+                             + ", ".join(r["range"] for r in ranges))
     elif store is None:
         return "no router answers and no --store given: nothing to show"
     if store is not None:

@@ -224,6 +224,9 @@ class Plugin:
             "blocks": summary,
             "conflicts": [{"subnet": c[0], "range": c[1], "host": c[2], "their_range": c[3]}
                           for c in conflicts],
+            "peer_ranges": {} if self.cluster.mesh is None or store is not None else {
+                host: ranges for host, ranges in self.cluster.mesh.peers(blocks.MESH_KEY).items()
+                if host != self.cluster.host},
             "names": self.names.status() if self.names else None,
         }
 
