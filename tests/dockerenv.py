@@ -43,6 +43,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from dataplane import testbed
+from dataplane.plugin.state import empty_state
 
 BUSYBOX = "/bin/busybox"
 IMAGE = "wfd-busybox:latest"
@@ -258,7 +259,9 @@ class DockerEngine:
         return code
 
     def plugin_state(self):
-        return json.loads((self.workdir / "plugin-state" / "state.json").read_text())
+        """The plugin's state file; the empty state when it never had to write one."""
+        path = self.workdir / "plugin-state" / "state.json"
+        return json.loads(path.read_text()) if path.exists() else empty_state()
 
     # -- docker ---------------------------------------------------------------------
 

@@ -81,13 +81,14 @@ def reverse_name_to_ip(name):
 
 
 def host_resolvers(path="/etc/resolv.conf", exclude=()):
+    """[(address, 53)] of the nameservers in `path`, but those in `exclude`."""
     servers = []
     try:
         with open(path) as f:
             for line in f:
                 fields = line.split()
                 if len(fields) >= 2 and fields[0] == "nameserver" and fields[1] not in exclude:
-                    servers.append(fields[1])
+                    servers.append((fields[1], 53))
     except OSError:
         pass
     return servers
@@ -95,7 +96,8 @@ def host_resolvers(path="/etc/resolv.conf", exclude=()):
 
 class DnsServer:
     def __init__(self, address, lookup, reverse, port=53, upstream=None, device=None):
-        """`device`: the bridge; replies to containers then leave through it without a
+        """`upstream`: [(address, port)] asked for other names (default: the host's
+        resolvers). `device`: the bridge; replies to containers then leave through it without a
         route to their subnet (the kernel takes a destination as on-link there)."""
         self.address = address
         self.lookup, self.reverse = lookup, reverse
@@ -105,6 +107,7 @@ class DnsServer:
         if device:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
         self.sock.bind((address, port))
+        self.port = self.sock.getsockname()[1]
         self.answered = self.forwarded = 0
         self._closing = False
         self._thread = threading.Thread(target=self._serve, name="weavefast-dns", daemon=True)
@@ -149,11 +152,11 @@ class DnsServer:
 
     def _forward(self, message, client):
         for server in self.upstream:
-            with socket.socket(socket.AF_INET6 if ":" in server else socket.AF_INET,
+            with socket.socket(socket.AF_INET6 if ":" in server[0] else socket.AF_INET,
                                socket.SOCK_DGRAM) as upstream:
                 upstream.settimeout(FORWARD_TIMEOUT)
                 try:
-                    upstream.sendto(message, (server, 53))
+                    upstream.sendto(message, server)
                     reply = upstream.recv(MAX_MESSAGE)
                 except OSError:
                     continue
@@ -169,5 +172,9 @@ class DnsServer:
 
     def close(self):
         self._closing = True
-        self.sock.close()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in recvfrom
+        except OSError:
+            pass
         self._thread.join(timeout=2)
+        self.sock.close()

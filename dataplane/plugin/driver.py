@@ -59,16 +59,16 @@ class Driver:
         if unknown:
             raise PluginError(f"unknown option(s) {', '.join(unknown)}: weavefast networks "
                               "take -o mtu=N")
+        mtu = self.mtu
+        for name in MTU_OPTIONS:
+            if name in generic:
+                mtu = parse_mtu(generic[name])
         ipv4_data = field(request, "IPv4Data", list, required=False)
         for data in ipv4_data:
             if isinstance(data, dict) and data.get("AddressSpace") not in WEAVEFAST_SPACES:
                 # Docker's default IPAM hands out the same addresses on every host
                 raise PluginError("weavefast networks need weavefast's IPAM, which keeps "
                                   "addresses unique across hosts: add --ipam-driver weavefast")
-        mtu = self.mtu
-        for name in MTU_OPTIONS:
-            if name in generic:
-                mtu = parse_mtu(generic[name])
         subnet = next((d.get("Pool") for d in ipv4_data if isinstance(d, dict)), None)
         state["networks"][network_id] = {"bridge": self.bridge, "mtu": mtu, "subnet": subnet}
         return {}

@@ -115,9 +115,11 @@ class Names:
             except DockerError as e:
                 if self.docker_connected:
                     log.warning("lost dockerd (%s): its containers are taken as stopped", e)
-                self.docker_connected = False
-                self.running.clear()
-                self._set_local({})
+            except Exception:  # an answer we did not expect: start over rather than stop
+                log.exception("following dockerd failed")
+            self.docker_connected = False
+            self.running.clear()
+            self._set_local({})
             self._closing.wait(RECONNECT)
 
     def _on_event(self, event):
@@ -138,8 +140,14 @@ class Names:
                 self._forget_previous(actor.get("ID"))
 
     def _resync_all(self):
-        running = {c["Id"] for c in self.docker.containers({"status": ["running"]})}
+        containers = self.docker.containers()
+        existing = {c["Id"] for c in containers}
+        running = {c["Id"] for c in containers if c.get("State") == "running"}
         self.running = running
+        with self.state_store.transaction() as state:  # removed while we were not looking
+            previous = state.setdefault("previous", {})
+            for container in set(previous) - existing:
+                del previous[container]
         records = {}
         for container in running:
             records.update(self._container_records(container))
