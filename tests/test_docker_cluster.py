@@ -105,7 +105,8 @@ def wait_for_records(engine, count):
                        what=f"{count} name records on {engine.host.name}")
 
 
-def test_networks_without_options_give_every_container_its_own_address_and_name(hosts):
+def test_networks_without_options_give_every_container_its_own_address_and_name(cluster, hosts):
+    etcd = cluster[1]
     for engine in hosts:  # the router made it ready on every host
         engine.tb.wait_for(lambda: "weavefast" in engine.docker(
             "network", "ls", "--format", "{{.Name}}").stdout, what="the ready-made network")
@@ -130,8 +131,12 @@ def test_networks_without_options_give_every_container_its_own_address_and_name(
         assert unreachable(engine, first, [addresses[n] for n in others]) == []
     lookup = sh(hosts[0], "c0", f"nslookup {addresses['c1']}").stdout  # PTR, across hosts
     assert "c1" in lookup, lookup
-    setting = router_status(hosts[0])["dns"]["setting"]
-    assert setting == {"in_place": True, "address": DEFAULT_DNS_ADDRESS}
+    shown = hosts[0].tb.run(hosts[0].host, [sys.executable, "-m", "dataplane", "ipam",
+                                           "--store", etcd.url]).stdout
+    for engine in hosts:  # blocks per host, from the store
+        assert f"{engine.host.netns}  {SUBNET}  1 block(s)" in shown, shown
+    status = hosts[0].tb.run(hosts[0].host, [sys.executable, "-m", "dataplane", "status"]).stdout
+    assert f"dns: {DEFAULT_DNS_ADDRESS}, dockerd setting in place" in status, status
 
     for i, name in enumerate(names):
         hosts[i % 3].docker("rm", "-f", name)

@@ -248,3 +248,24 @@ def test_in_process_plugin_refuses_a_live_socket_and_removes_its_own(workdir):
     finally:
         handle.close()
     assert not socket_path.exists()
+
+
+def test_a_pool_without_subnet_gets_the_default_one_unless_dockerd_keeps_refusing_it(workdir):
+    """dockerd hands back a pool that overlaps a route of the host and asks again, forever:
+    after a few rounds the plugin answers with the fix instead."""
+    socket_path = workdir / "default.sock"
+    with start_plugin(socket_path=socket_path, state_dir=workdir / "default"):
+        def request_pool():
+            return plugin_call(socket_path, "IpamDriver.RequestPool",
+                               {"AddressSpace": "WeavefastLocal", "V6": False})[1]
+
+        first = request_pool()
+        assert first["Pool"] == "10.32.0.0/12"
+        address = plugin_call(socket_path, "IpamDriver.RequestAddress",
+                              {"PoolID": first["PoolID"]})[1]["Address"]
+        assert address == "10.32.0.1/12"  # alone, this host owns the whole subnet
+        for _ in range(3):
+            refused_by_dockerd = request_pool()["PoolID"]
+            plugin_call(socket_path, "IpamDriver.ReleasePool", {"PoolID": refused_by_dockerd})
+        assert "overlaps a route of this host" in request_pool()["Error"]
+        assert "Pool" in request_pool()  # the next attempt is offered the default again
