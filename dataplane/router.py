@@ -187,7 +187,7 @@ def run(args) -> int:
     try:
         if args.plugin:
             from dataplane.plugin.services import PluginServices
-            plugin = PluginServices(args, cfg.bridge, dp.mtu, args.name)
+            plugin = PluginServices(args, cfg.bridge, cfg.tap_name, dp.mtu, args.name)
         dp.start()
         on = [k for k, v in dp.status_offloads().items() if v]
         print(f"weavefast router {args.name} (peer id {cfg.peer_id}) forwarding: TAP {cfg.tap_name} on bridge "

@@ -68,7 +68,7 @@ def env():
     if reason:
         pytest.skip(reason)
     workdir = Path(tempfile.mkdtemp(prefix="wfs"))
-    tb = testbed.Testbed(hosts=1, prefix=testbed.unique_prefix("wfs"))
+    tb = testbed.Testbed(hosts=2, prefix=testbed.unique_prefix("wfs"))
     try:
         yield tb, workdir, Etcd(tb, tb.hosts[0], workdir)
     finally:
@@ -200,3 +200,31 @@ def test_an_empty_block_goes_back_after_the_grace_time(env, hosts):
     while "h1" in ipam(tb, etcd).stdout:
         assert __import__("time").monotonic() < deadline, "the empty block was never given back"
         __import__("time").sleep(0.5)
+
+
+def test_a_store_with_credentials(env):
+    """etcd with authentication on (its own etcd, on the second host's loopback)."""
+    tb, workdir, _ = env
+    host = tb.hosts[1]
+    etcd = Etcd(tb, host, workdir / "auth")
+    enable_auth = ("from dataplane.store import EtcdStore; "
+                   f"s = EtcdStore({etcd.url!r}); "
+                   "s.call('auth/user/add', {'name': 'root', 'password': 'sesame'}); "
+                   "s.call('auth/user/grant', {'user': 'root', 'role': 'root'}); "
+                   "s.call('auth/enable', {})")
+    tb.run(host, [sys.executable, "-c", enable_auth])
+    try:
+        def ipam_show(url):
+            return tb.run(host, [sys.executable, "-m", "dataplane", "ipam", "--store", url,
+                                 "--status-addr", "127.0.0.1:1"], check=False)
+
+        anonymous = ipam_show(etcd.url)
+        assert anonymous.returncode == 1 and "weavefast ipam: etcd 127.0.0.1:2379 refused" \
+            in anonymous.stderr, anonymous.stderr
+        assert len(anonymous.stderr.strip().splitlines()) == 1
+        wrong = ipam_show("etcd://root:guess@127.0.0.1:2379")
+        assert "user 'root' cannot log in" in wrong.stderr, wrong.stderr
+        allowed = ipam_show("etcd://root:sesame@127.0.0.1:2379")
+        assert allowed.returncode == 0 and "store 127.0.0.1:2379:" in allowed.stdout, allowed.stderr
+    finally:
+        etcd.stop()

@@ -20,6 +20,9 @@ def add_arguments(p):
     p.add_argument("--subnet", default=DEFAULT_SUBNET, metavar="CIDR",
                    help="subnet of the ready-made network and of networks created without "
                         "--subnet (default %(default)s)")
+    p.add_argument("--ip-range", metavar="CIDR",
+                   help="without a store and with several hosts: this host's part of --subnet "
+                        "for the ready-made network (a different one on every host)")
     p.add_argument("--network", default=DEFAULT_NETWORK, metavar="NAME",
                    help="the ready-made Docker network (default %(default)s; '' for none)")
     p.add_argument("--block-size", type=int, default=blocks.DEFAULT_BLOCK_PREFIX, metavar="PREFIX",

@@ -13,6 +13,7 @@ ready-made network.
   --network weavefast` works on every host without a create step.
 """
 import errno
+import ipaddress
 import json
 import logging
 import subprocess
@@ -33,16 +34,30 @@ log = logging.getLogger("weavefast.plugin")
 NETWORK_RETRY = 2.0  # seconds between attempts to create the ready-made network
 
 
+def _ipv4_network(option, text):
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        network = None
+    if network is None or network.version != 4:
+        raise RouterError(f"{option} {text!r}: give an IPv4 subnet in CIDR form, "
+                          "e.g. 10.32.0.0/12")
+    return network
+
+
 class PluginServices:
-    def __init__(self, args, bridge, mtu, peer_name):
+    def __init__(self, args, bridge, tap, mtu, peer_name):
         self.args = args
-        self.bridge = bridge
+        self.bridge, self.tap = bridge, tap
         self.dns = None
         self._address_added = self._nft_table = None
         try:
             store = EtcdStore(args.store) if args.store else None
         except (ValueError, OSError) as e:
             raise RouterError(f"--store: {e}") from None
+        subnet = _ipv4_network("--subnet", args.subnet)
+        if args.ip_range and not _ipv4_network("--ip-range", args.ip_range).subnet_of(subnet):
+            raise RouterError(f"--ip-range {args.ip_range} is not inside --subnet {args.subnet}")
         if not 8 <= args.block_size <= 30:
             raise RouterError(f"--block-size {args.block_size}: use a prefix from 8 to 30")
         self.mesh = blocks.MeshLink()
@@ -98,7 +113,7 @@ class PluginServices:
                               "(choose another --dns-address, or '' for none)") from None
 
     def _keep_dns_local(self, address):
-        tap = self.args.tap or f"wf-{self.bridge}"
+        tap = self.tap
         table = f"weavefast_dns_{self.bridge}".replace("-", "_")
         rules = (f"table bridge {table} {{\n"
                  f"  chain input {{ type filter hook input priority 0;\n"
@@ -121,9 +136,11 @@ class PluginServices:
                 status, _ = self.docker.request("GET", f"/networks/{name}")
                 if status == 200:
                     return
+                pool = {"Subnet": subnet, **({"IPRange": self.args.ip_range}
+                                             if self.args.ip_range else {})}
                 status, answer = self.docker.request("POST", "/networks/create", {
                     "Name": name, "Driver": "weavefast", "CheckDuplicate": True,
-                    "IPAM": {"Driver": "weavefast", "Config": [{"Subnet": subnet}]}})
+                    "IPAM": {"Driver": "weavefast", "Config": [pool]}})
                 if status == 201:
                     log.info("created Docker network %s (%s)", name, subnet)
                     return
