@@ -28,6 +28,7 @@ RCODE_NXDOMAIN, RCODE_SERVFAIL = 3, 2
 TTL = 1
 FORWARD_TIMEOUT = 3.0
 MAX_MESSAGE = 4096
+MAX_FORWARDS = 64  # queries waiting on the host's resolvers at once
 
 
 def parse_question(message):
@@ -110,6 +111,7 @@ class DnsServer:
         self.port = self.sock.getsockname()[1]
         self.answered = self.forwarded = 0
         self._closing = False
+        self._forwarding = threading.BoundedSemaphore(MAX_FORWARDS)
         self._thread = threading.Thread(target=self._serve, name="weavefast-dns", daemon=True)
         self._thread.start()
 
@@ -125,7 +127,9 @@ class DnsServer:
                 log.debug("unparsable query from %s: %s", client, e)
                 continue
             if reply is None:  # not ours: the host's resolvers answer, off this thread
-                threading.Thread(target=self._forward, args=(message, client), daemon=True).start()
+                if self._forwarding.acquire(blocking=False):  # else dropped: the client retries
+                    threading.Thread(target=self._forward, args=(message, client),
+                                     daemon=True).start()
             else:
                 self.sock.sendto(reply, client)
 
@@ -151,6 +155,12 @@ class DnsServer:
                             [(TYPE_A, socket.inet_aton(a)) for a in addresses])
 
     def _forward(self, message, client):
+        try:
+            self._forward_to_upstream(message, client)
+        finally:
+            self._forwarding.release()
+
+    def _forward_to_upstream(self, message, client):
         for server in self.upstream:
             with socket.socket(socket.AF_INET6 if ":" in server[0] else socket.AF_INET,
                                socket.SOCK_DGRAM) as upstream:

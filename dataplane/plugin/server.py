@@ -27,6 +27,7 @@ import signal
 import socket
 import socketserver
 import threading
+import time
 from pathlib import Path
 
 from dataplane.plugin import blocks
@@ -44,6 +45,7 @@ DEFAULT_MTU = 1430
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 REQUEST_TIMEOUT = 30  # seconds a client may take to send its request
 MAINTENANCE_INTERVAL = 1  # seconds between block releases and range announcements
+RECONCILE_RETRY = 10  # seconds between attempts to read this host's blocks from the store
 REATTACH_INTERVAL = 5  # seconds between checks that containers' ports are on the bridge
 MAX_BODY = 1 << 20
 
@@ -153,6 +155,7 @@ class Plugin:
         }
         self._reattach_ports()  # before serving: see driver.reattach_ports
         self._reconciled = self.cluster.store is None
+        self._next_reconcile = 0.0
         self._announced = None
         self._maintain()
         self._server = _UnixHTTPServer(str(self.socket_path), _Handler)
@@ -187,7 +190,8 @@ class Plugin:
         ranges through the mesh. Store trouble is logged and retried."""
         try:
             with self.store.transaction() as state:
-                if not self._reconciled:
+                if not self._reconciled and time.monotonic() >= self._next_reconcile:
+                    self._next_reconcile = time.monotonic() + RECONCILE_RETRY
                     self.cluster.store_call("read this host's blocks", blocks.reconcile_with_store,
                                             self.cluster, state)
                     self._reconciled = True
@@ -210,10 +214,11 @@ class Plugin:
 
     def status(self):
         """The plugin's part of the router's status: address blocks, store, names."""
-        with self.store.lock:
-            state = self.store.data
-            summary = blocks.summary(self.cluster, state)
-            conflicts = blocks.mesh_conflicts(self.cluster, state)
+        # without the lock: a call waiting on the store must not hold up the router's
+        # status (it runs on the control plane's loop); the state is replaced, never changed
+        state = self.store.data
+        summary = blocks.summary(self.cluster, state)
+        conflicts = blocks.mesh_conflicts(self.cluster, state)
         store = self.cluster.store
         return {
             "host": self.cluster.host,
