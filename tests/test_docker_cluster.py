@@ -5,11 +5,9 @@ etcd on the first host's underlay address.
 The engines and routers are shared by the module; every test removes its containers
 and networks (the ready-made network `weavefast` stays, as on a real host).
 """
-import json
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest

@@ -158,7 +158,10 @@ def release(state, subnet, address):
 
 
 def release_empty_blocks(cluster, state, now=None):
-    """Give back blocks empty for longer than the grace time; returns those released."""
+    """Give back blocks empty for longer than the grace time; returns those released.
+    Without a store a host keeps its range until its last pool of the subnet goes."""
+    if cluster.store is None:
+        return []
     now = time.time() if now is None else now
     released = []
     for subnet, entry in list(state["subnets"].items()):
@@ -166,7 +169,7 @@ def release_empty_blocks(cluster, state, now=None):
             empty_since = info.get("empty_since")
             if empty_since is None or now - empty_since < cluster.grace:
                 continue
-            if cluster.store is not None and info.get("revision"):
+            if info.get("revision"):
                 key = block_key(subnet, block)
                 # only if still ours and unchanged since our claim
                 cluster.store_call("release a block", cluster.store.delete_if, key,
@@ -238,7 +241,7 @@ def announcement(state):
             for subnet, entry in state["subnets"].items()}
 
 
-def summary(cluster, state):
+def summary(state):
     """This host's blocks and their use, for status and `weavefast ipam`."""
     subnets = {}
     for subnet, entry in state["subnets"].items():

@@ -69,6 +69,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         error_key = "Error" if method.startswith("IpamDriver.") else "Err"
         handler = plugin.methods.get(method)
         if handler is None:
+            try:  # read what the client sends: closing on it unread breaks its pipe
+                self._read_json()
+            except BadRequest:
+                pass
             return self._answer(404, {"Err": f"weavefast plugin has no method {method!r}"})
         try:
             request = self._read_json()
@@ -188,6 +192,8 @@ class Plugin:
     def _maintain(self):
         """Blocks: reconcile with the store once it answers, give back empty ones, announce
         ranges through the mesh. Store trouble is logged and retried."""
+        if self.cluster.store_error is not None:  # after an outage, look again: see
+            self._reconciled = False              # blocks.reconcile_with_store
         try:
             with self.store.transaction() as state:
                 if not self._reconciled and time.monotonic() >= self._next_reconcile:
@@ -217,7 +223,7 @@ class Plugin:
         # without the lock: a call waiting on the store must not hold up the router's
         # status (it runs on the control plane's loop); the state is replaced, never changed
         state = self.store.data
-        summary = blocks.summary(self.cluster, state)
+        summary = blocks.summary(state)
         conflicts = blocks.mesh_conflicts(self.cluster, state)
         store = self.cluster.store
         return {
