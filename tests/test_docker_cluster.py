@@ -135,6 +135,7 @@ def test_networks_without_options_give_every_container_its_own_address_and_name(
         assert f"{engine.host.netns}  {SUBNET}  1 block(s)" in shown, shown
     status = hosts[0].tb.run(hosts[0].host, [sys.executable, "-m", "dataplane", "status"]).stdout
     assert f"dns: {DEFAULT_DNS_ADDRESS}, dockerd setting in place" in status, status
+    assert "ready-made network weavefast: ready" in status, status
 
     for i, name in enumerate(names):
         hosts[i % 3].docker("rm", "-f", name)

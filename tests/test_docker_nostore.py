@@ -28,14 +28,14 @@ def hosts():
     engines = []
     try:
         rootfs = busybox_rootfs_tar(workdir / "rootfs.tar")
-        for host in tb.hosts:
+        # the second host makes no ready-made network: whether it would be refused at
+        # create or at the first `docker run` depends on when it hears of the first host
+        for host, ready_made in zip(tb.hosts, ("weavefast", "")):
             engines.append(DockerEngine(tb, host, workdir / host.name, dns=DEFAULT_DNS_ADDRESS,
-                                        router_args=["--subnet", SUBNET]))
+                                        router_args=["--subnet", SUBNET, "--network", ready_made]))
             engines[-1].docker("import", "-c", 'CMD ["sh"]', str(rootfs), IMAGE)
-            # the first host has its ready-made network before the second one starts
-            engines[-1].tb.wait_for(lambda: router_status(engines[-1])["blocks"],
-                                    what="the ready-made network")
         tb.wait_connected()
+        tb.wait_for(lambda: router_status(engines[0])["blocks"], what="the ready-made network")
         yield engines
     finally:
         for engine in engines:
@@ -60,15 +60,17 @@ def test_one_host_needs_no_options_and_a_second_one_is_refused_clearly(hosts):
     assert address(first, "solo", "weavefast") != address(first, "solo2", "plain")
     assert unreachable(first, "solo", ["solo2", address(first, "solo2", "plain")]) == []
 
-    refused = second.docker("run", "-d", "--name", "late", "--network", "weavefast", IMAGE,
-                            "sleep", "600", check=False)
+    first.tb.wait_for(lambda: knows_range_of(second, first, SUBNET),
+                      what="the first host's range to reach the second through the mesh")
+    refused = second.docker("network", "create", "-d", "weavefast", "--ipam-driver", "weavefast",
+                            "late", check=False)
     assert refused.returncode != 0
     message = (f"host {first.host.netns} already hands out addresses from {SUBNET} of "
                f"{SUBNET}, which overlaps this host's {SUBNET}: give each host its own part "
                "with --ip-range, or run every router with --store etcd://HOST:2379")
     assert message in refused.stderr, refused.stderr
+    assert "late" not in second.docker("network", "ls", "--format", "{{.Name}}").stdout
     first.docker("rm", "-f", "solo", "solo2")
-    second.docker("rm", "-f", "late")
     first.docker("network", "rm", "plain")
 
 

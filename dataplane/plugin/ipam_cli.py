@@ -95,6 +95,9 @@ def format_plugin_status(plugin):
     lines.append(f"  address blocks: {count}, {used} address(es) in use")
     for c in plugin.get("conflicts", []):
         lines.append(f"  refused range {c['range']}: host {c['host']} has {c['their_range']}")
+    network = plugin.get("network")
+    if network:
+        lines.append(f"  ready-made network {network['name']}: {network['state']}")
     names = plugin.get("names")
     if names:
         lines.append(f"  docker: {names['docker']}, {names['records']} name record(s)")

@@ -84,6 +84,7 @@ class PluginServices:
             self.close()
             raise
         self._network_thread = None
+        self.network_state = "waiting for dockerd" if args.network else None
         if args.network:
             self._network_thread = threading.Thread(target=self._create_network, daemon=True,
                                                     name="weavefast-network")
@@ -135,6 +136,7 @@ class PluginServices:
             try:
                 status, _ = self.docker.request("GET", f"/networks/{name}")
                 if status == 200:
+                    self.network_state = "ready"
                     return
                 pool = {"Subnet": subnet, **({"IPRange": self.args.ip_range}
                                              if self.args.ip_range else {})}
@@ -143,9 +145,12 @@ class PluginServices:
                     "IPAM": {"Driver": "weavefast", "Config": [pool]}})
                 if status == 201:
                     log.info("created Docker network %s (%s)", name, subnet)
+                    self.network_state = "ready"
                     return
-                log.warning("cannot create Docker network %s: %s", name,
-                            (answer or {}).get("message", status))
+                reason = (answer or {}).get("message", status)
+                if self.network_state != f"not created: {reason}":
+                    log.warning("cannot create Docker network %s: %s", name, reason)
+                self.network_state = f"not created: {reason}"
             except DockerError as e:
                 log.debug("dockerd not answering yet: %s", e)
             self._closing.wait(NETWORK_RETRY)
@@ -169,7 +174,10 @@ class PluginServices:
                        "restart dockerd"}
 
     def status(self):
-        return {**self.plugin.status(), "dns": {
+        return {**self.plugin.status(),
+                "network": self.network_state and {"name": self.args.network,
+                                                   "state": self.network_state},
+                "dns": {
             "setting": self.dns_setting(),
             "answered": self.dns.answered if self.dns else 0,
             "forwarded": self.dns.forwarded if self.dns else 0}}
