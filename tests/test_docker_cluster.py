@@ -142,6 +142,7 @@ def test_networks_without_options_give_every_container_its_own_address_and_name(
     for engine, expected in zip(hosts, gateways):  # only the networks' gateways remain
         assert used_addresses(engine) == expected
     run(hosts[0], "probe", "wfnet")
+    wait_for_records(hosts[0], 1)  # the probe's own: the others went with their containers
     gone = sh(hosts[0], "probe", "nslookup c5 2>&1; nslookup c6 2>&1").stdout
     assert "can't find c5" in gone and "can't find c6" in gone, gone
 
@@ -174,11 +175,12 @@ def test_losing_the_store_stops_no_traffic_and_no_container_with_room(cluster, h
 
 def test_a_container_gets_its_address_back_after_a_dockerd_restart(hosts):
     engine = hosts[1]
-    engine.docker("run", "-d", "--name", "keeper", "--restart", "always", "--network",
-                  "weavefast", IMAGE, "sleep", "600")
-    run(engine, "other", "weavefast")  # stopped for good by the restart: its address is free
+    # sleep ignores SIGTERM: a short stop timeout keeps dockerd's shutdown short
+    engine.docker("run", "-d", "--name", "keeper", "--restart", "always", "--stop-timeout", "1",
+                  "--network", "weavefast", IMAGE, "sleep", "600")
+    run(engine, "other", "weavefast")
     before = address(engine, "keeper", "weavefast")
-    engine.docker("rm", "-f", "other")
+    engine.docker("rm", "-f", "other")  # next in turn is after other's: not keeper's address
 
     engine.restart_dockerd()
 
