@@ -228,3 +228,24 @@ def test_a_store_with_credentials(env):
         assert allowed.returncode == 0 and "store 127.0.0.1:2379:" in allowed.stdout, allowed.stderr
     finally:
         etcd.stop()
+
+
+def test_a_store_over_tls_with_a_client_certificate(env):
+    """etcd that accepts only TLS clients with a certificate of its CA."""
+    tb, workdir, _ = env
+    host = tb.hosts[1]
+    etcd = Etcd(tb, host, workdir / "tls", tls=True)
+    try:
+        def ipam_show(url):
+            return tb.run(host, [sys.executable, "-m", "dataplane", "ipam", "--store", url,
+                                 "--status-addr", "127.0.0.1:1"], check=False)
+
+        with_certificate = ipam_show(etcd.url)
+        assert with_certificate.returncode == 0, with_certificate.stderr
+        assert "store 127.0.0.1:2379:" in with_certificate.stdout
+        ca_only = etcd.url.split("&")[0]  # the server is trusted, but we show no certificate
+        refused = ipam_show(ca_only)
+        assert refused.returncode == 1 and "unreachable" in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+    finally:
+        etcd.stop()
