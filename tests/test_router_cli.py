@@ -129,7 +129,7 @@ def test_router_serves_the_docker_plugin(tb, tmp_path):
                                       # no dockerd here: none of the machine's is touched
                                       "--docker-host", f"unix://{tmp_path}/docker.sock",
                                       "--docker-config", str(tmp_path / "daemon.json")])
-    tb.wait_for(sock_path.exists, what="plugin socket")
+    tb.wait_for(sock_path.exists, timeout=30, what="plugin socket")  # slow on a busy machine
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(str(sock_path))
         s.sendall(b"POST /Plugin.Activate HTTP/1.1\r\nHost: plugin\r\nContent-Length: 0\r\n"
