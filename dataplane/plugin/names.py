@@ -228,12 +228,15 @@ class Names:
     def _write_records(self, store):
         with self._lock:
             records, self._dirty = dict(self.local), False
-        try:
-            store.delete_prefix(records_prefix(self.cluster.host))
+        mine = records_prefix(self.cluster.host)
+        try:  # new records first, then the stale ones go: names never vanish in between
+            stale = set(store.get_prefix(mine)) - {mine + key for key in records}
             for key, record in records.items():
-                store.put(records_prefix(self.cluster.host) + key,
+                store.put(mine + key,
                           json.dumps({k: v for k, v in record.items() if k != "container"}),
                           self._lease)
+            for key in stale:
+                store.delete(key)
         except StoreError:
             self._dirty = True
             raise

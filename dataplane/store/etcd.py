@@ -167,6 +167,9 @@ class EtcdStore:
             body["lease"] = str(lease)
         self.call("kv/put", body)
 
+    def delete(self, key):
+        self.call("kv/deleterange", {"key": _b64(key)})
+
     def delete_prefix(self, prefix):
         self.call("kv/deleterange", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))})
 
