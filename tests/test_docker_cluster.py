@@ -129,10 +129,19 @@ def test_networks_without_options_give_every_container_its_own_address_and_name(
         assert unreachable(engine, first, [addresses[n] for n in others]) == []
     lookup = sh(hosts[0], "c0", f"nslookup {addresses['c1']}").stdout  # PTR, across hosts
     assert "c1" in lookup, lookup
-    shown = hosts[0].tb.run(hosts[0].host, [sys.executable, "-m", "dataplane", "ipam",
-                                           "--store", etcd.url]).stdout
-    for engine in hosts:  # blocks per host, from the store
-        assert f"{engine.host.netns}  {SUBNET}  1 block(s)" in shown, shown
+    def ipam_lines():
+        shown = hosts[0].tb.run(hosts[0].host, [sys.executable, "-m", "dataplane", "ipam",
+                                               "--store", etcd.url]).stdout
+        return {line.split()[0]: line for line in shown.splitlines() if SUBNET in line}
+
+    for engine in hosts:  # blocks per host and their use, from the store
+        expected = f"{engine.host.netns}  {SUBNET}  1 block(s): "
+        [block] = router_status(engine)["blocks"][SUBNET]
+        use = f"({block['used']}/{block['size']} addresses used)"
+        line = hosts[0].tb.wait_for(lambda: use in ipam_lines().get(engine.host.netns, ""),
+                                    what=f"{engine.host.netns}'s blocks in weavefast ipam") \
+            and ipam_lines()[engine.host.netns]
+        assert line.strip().startswith(expected.strip()), line
     status = hosts[0].tb.run(hosts[0].host, [sys.executable, "-m", "dataplane", "status"]).stdout
     assert f"dns: {DEFAULT_DNS_ADDRESS}, dockerd setting in place" in status, status
     assert "ready-made network weavefast: ready" in status, status

@@ -378,7 +378,7 @@ class MeshLink:
 
 
 def cluster_blocks(store):
-    """{host: {subnet: [block]}} as the store holds them."""
+    """({host: {subnet: [block]}} as the store holds them, {live host: its blocks' use})."""
     hosts = {}
     prefix = f"{KEY_PREFIX}/ipam/"
     for key, (value, _) in store.get_prefix(prefix).items():
@@ -386,7 +386,9 @@ def cluster_blocks(store):
         owner = json.loads(value).get("host", "?")
         hosts.setdefault(owner, {}).setdefault(subnet.replace("-", "/"), []).append(
             block.replace("-", "/"))
-    return hosts
+    live = {key.rsplit("/", 1)[1]: json.loads(value).get("blocks") or {}
+            for key, (value, _) in store.get_prefix(f"{KEY_PREFIX}/hosts/").items()}
+    return hosts, live
 
 
 def remove_host(store, host):

@@ -72,10 +72,17 @@ def format_blocks(store, plugin):
         return "no router answers and no --store given: nothing to show"
     if store is not None:
         lines.append(f"store {store.display}:")
-        for host, subnets in sorted(cluster_blocks(store).items()):
+        held, live = cluster_blocks(store)
+        for host, subnets in sorted(held.items()):
             for subnet, blocks in sorted(subnets.items()):
+                if host in live:
+                    use = live[host].get(subnet, [])
+                    state = (f"{sum(b['used'] for b in use)}/{sum(b['size'] for b in use)} "
+                             "addresses used")
+                else:
+                    state = f"no router holds a lease: if gone for good, weavefast ipam rmpeer {host}"
                 lines.append(f"  {host}  {subnet}  {len(blocks)} block(s): "
-                             + ", ".join(sorted(blocks)))
+                             + ", ".join(sorted(blocks)) + f"  ({state})")
     return "\n".join(lines)
 
 

@@ -6,7 +6,8 @@ inspects the containers on weavefast networks: each gives records {names, ip,
 subnet} (its name, its network aliases, its short id). Records are kept:
 
 - in the store when there is one, under /weavefast/dns/HOST/, attached to the
-  host's lease (also /weavefast/hosts/HOST, which `weavefast ipam rmpeer` checks):
+  host's lease (also /weavefast/hosts/HOST, with the use of the host's blocks, which
+  `weavefast ipam` shows and `weavefast ipam rmpeer` checks):
   a host that dies loses its records when the lease ends; after a store outage the
   host grants itself a new lease and writes its records again;
 - in the mesh otherwise (ControlPlane.announce), dropped when a router goes.
@@ -44,8 +45,10 @@ def records_prefix(host=None):
 
 
 class Names:
-    def __init__(self, state_store, cluster, docker):
+    def __init__(self, state_store, cluster, docker, usage=dict):
         self.state_store = state_store  # the plugin's StateStore (networks, previous addresses)
+        self.usage = usage  # () -> this host's blocks and their use (blocks.summary)
+        self._usage_written = self._since = None
         self.cluster = cluster
         self.docker = docker
         self.local = {}  # "container.network" -> {"names", "ip", "subnet", "container"}
@@ -219,10 +222,19 @@ class Names:
             self._closing.wait(REFRESH)
 
     def _keep_lease(self, store):
+        """The host's lease and its key, which also tells `weavefast ipam` its blocks' use."""
+        usage = self.usage()
         if self._lease is not None and store.keep_alive(self._lease):
+            if usage != self._usage_written:
+                store.put(host_key(self.cluster.host), json.dumps(
+                    {"since": self._since, "blocks": usage}), self._lease)
+                self._usage_written = usage
             return
         self._lease = store.grant_lease(LEASE_TTL)
-        store.put(host_key(self.cluster.host), json.dumps({"since": time.time()}), self._lease)
+        self._since = time.time()
+        store.put(host_key(self.cluster.host), json.dumps({"since": self._since,
+                                                           "blocks": usage}), self._lease)
+        self._usage_written = usage
         self._dirty = True  # the old lease took our records with it
 
     def _write_records(self, store):

@@ -132,7 +132,8 @@ class Plugin:
         _claim_socket_path(self.socket_path)
         self.store = StateStore(state_dir)
         self.cluster = cluster or blocks.Cluster(socket.gethostname())
-        self.names = Names(self.store, self.cluster, docker) if docker else None
+        self.names = Names(self.store, self.cluster, docker,
+                           usage=lambda: blocks.summary(self.store.data)) if docker else None
         ipam = Ipam(self.cluster, default_subnet,
                     self.names.previous_address if self.names else None)
         driver = Driver(bridge, mtu, dns_address)
