@@ -113,7 +113,8 @@ def test_networks_without_options_give_every_container_its_own_address_and_name(
     gateways = [used_addresses(engine) for engine in hosts]
     names = [f"c{i}" for i in range(CONTAINERS)]
     for i, name in enumerate(names):
-        run(hosts[i % 3], name, "wfnet" if i % 4 else "weavefast")
+        alias = ("--network-alias", "www") if name == "c1" else ()
+        run(hosts[i % 3], name, "wfnet" if i % 4 else "weavefast", *alias)
     addresses = {}
     for i, name in enumerate(names):
         network = "wfnet" if i % 4 else "weavefast"
@@ -127,6 +128,8 @@ def test_networks_without_options_give_every_container_its_own_address_and_name(
         others = [n for n in names if n != first]
         assert unreachable(engine, first, others) == []
         assert unreachable(engine, first, [addresses[n] for n in others]) == []
+    www = sh(hosts[2], "c2", "nslookup www").stdout  # c1's network alias, from another host
+    assert f"Address: {addresses['c1']}" in www, www
     lookup = sh(hosts[0], "c0", f"nslookup {addresses['c1']}").stdout  # PTR, across hosts
     assert "c1" in lookup, lookup
     def ipam_lines():
