@@ -97,6 +97,14 @@ def used_addresses(engine):
     return sum(b["used"] for blocks in router_status(engine)["blocks"].values() for b in blocks)
 
 
+def ipam_line(engine, etcd, host_engine):
+    """What `weavefast ipam` on `engine`'s host says of `host_engine`'s host."""
+    shown = engine.tb.run(engine.host, [sys.executable, "-m", "dataplane", "ipam",
+                                        "--store", etcd.url]).stdout
+    return next((line.strip() for line in shown.splitlines()
+                 if line.split()[0] == host_engine.host.netns), None)
+
+
 def wait_for_records(engine, count):
     """Names reach the store, and the other hosts, within a second or so."""
     engine.tb.wait_for(lambda: router_status(engine)["names"]["records"] == count,
@@ -132,19 +140,12 @@ def test_networks_without_options_give_every_container_its_own_address_and_name(
     assert f"Address: {addresses['c1']}" in www, www
     lookup = sh(hosts[0], "c0", f"nslookup {addresses['c1']}").stdout  # PTR, across hosts
     assert "c1" in lookup, lookup
-    def ipam_lines():
-        shown = hosts[0].tb.run(hosts[0].host, [sys.executable, "-m", "dataplane", "ipam",
-                                               "--store", etcd.url]).stdout
-        return {line.split()[0]: line for line in shown.splitlines() if SUBNET in line}
-
     for engine in hosts:  # blocks per host and their use, from the store
-        expected = f"{engine.host.netns}  {SUBNET}  1 block(s): "
         [block] = router_status(engine)["blocks"][SUBNET]
-        use = f"({block['used']}/{block['size']} addresses used)"
-        line = hosts[0].tb.wait_for(lambda: use in ipam_lines().get(engine.host.netns, ""),
-                                    what=f"{engine.host.netns}'s blocks in weavefast ipam") \
-            and ipam_lines()[engine.host.netns]
-        assert line.strip().startswith(expected.strip()), line
+        expected = (f"{engine.host.netns}  {SUBNET}  1 block(s): {block['block']}  "
+                    f"({block['used']}/{block['size']} addresses used)")
+        engine.tb.wait_for(lambda: ipam_line(hosts[0], etcd, engine) == expected,
+                           what=f"weavefast ipam to show {expected!r}")
     status = hosts[0].tb.run(hosts[0].host, [sys.executable, "-m", "dataplane", "status"]).stdout
     assert f"dns: {DEFAULT_DNS_ADDRESS}, dockerd setting in place" in status, status
     assert "ready-made network weavefast: ready" in status, status
