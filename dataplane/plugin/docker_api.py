@@ -63,13 +63,24 @@ class DockerClient:
         return answer if status == 200 else None
 
     def events(self, filters):
-        """Yields dockerd's events as dicts until the connection ends (DockerError)."""
+        """Subscribes to dockerd's events (at once: none is missed after this returns) and
+        returns an iterator over them as dicts, which raises DockerError when the stream ends."""
         conn = _UnixConnection(self.path, None)
         try:
             conn.request("GET", f"/events?filters={urllib.parse.quote(json.dumps(filters))}")
             response = conn.getresponse()
             if response.status != 200:
                 raise DockerError(f"GET /events: {response.status}")
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            raise DockerError(f"dockerd at {self.path}: {e}") from None
+        except DockerError:
+            conn.close()
+            raise
+        return self._read_events(conn, response)
+
+    def _read_events(self, conn, response):
+        try:
             buffer = b""
             while True:
                 chunk = response.read1(65536)
