@@ -38,6 +38,8 @@ def router_error(tb, *args):
     (["--fdb-max-age", "0"], "--fdb-max-age 0: use at least 1 second"),
     (["--plugin", "--subnet", "10.32.0.0/40"],
      "--subnet '10.32.0.0/40': give an IPv4 subnet in CIDR form, e.g. 10.32.0.0/12"),
+    (["--plugin", "--dns-address", "dns.example"],
+     "--dns-address 'dns.example': give an IPv4 address, e.g. 169.254.53.53"),
     (["--plugin", "--store", "http://10.47.0.2:2379"],
      "--store: store 'http://10.47.0.2:2379': use etcd://HOST:2379[,HOST:2379...]"),
 ])

@@ -58,6 +58,13 @@ class PluginServices:
         subnet = _ipv4_network("--subnet", args.subnet)
         if args.ip_range and not _ipv4_network("--ip-range", args.ip_range).subnet_of(subnet):
             raise RouterError(f"--ip-range {args.ip_range} is not inside --subnet {args.subnet}")
+        if args.dns_address:
+            try:
+                if ipaddress.ip_address(args.dns_address).version != 4:
+                    raise ValueError
+            except ValueError:
+                raise RouterError(f"--dns-address {args.dns_address!r}: give an IPv4 address, "
+                                  "e.g. 169.254.53.53, or '' for no DNS server") from None
         if not 8 <= args.block_size <= 30:
             raise RouterError(f"--block-size {args.block_size}: use a prefix from 8 to 30")
         self.mesh = blocks.MeshLink()
@@ -83,12 +90,10 @@ class PluginServices:
         except BaseException:
             self.close()
             raise
-        self._network_thread = None
         self.network_state = "waiting for dockerd" if args.network else None
         if args.network:
-            self._network_thread = threading.Thread(target=self._create_network, daemon=True,
-                                                    name="weavefast-network")
-            self._network_thread.start()
+            threading.Thread(target=self._create_network, daemon=True,
+                             name="weavefast-network").start()
 
     def attach(self, control):
         self.mesh.attach(control)
@@ -100,11 +105,10 @@ class PluginServices:
             index = ipr.link_lookup(ifname=self.bridge)[0]
             try:
                 ipr.addr("add", index=index, address=address, prefixlen=32)
-                self._address_added = (index, address)
             except NetlinkError as e:
-                if e.code != errno.EEXIST:  # left by a router that was killed
+                if e.code != errno.EEXIST:  # EEXIST: left by a router that was killed
                     raise RouterError(f"--dns-address {address}: {e}") from None
-                self._address_added = (index, address)
+            self._address_added = (index, address)
         self._keep_dns_local(address)
         names = self.plugin.names
         try:
@@ -114,12 +118,11 @@ class PluginServices:
                               "(choose another --dns-address, or '' for none)") from None
 
     def _keep_dns_local(self, address):
-        tap = self.tap
         table = f"weavefast_dns_{self.bridge}".replace("-", "_")
         rules = (f"table bridge {table} {{\n"
                  f"  chain input {{ type filter hook input priority 0;\n"
-                 f"    iifname \"{tap}\" arp daddr ip {address} drop\n"
-                 f"    iifname \"{tap}\" ip daddr {address} drop\n  }}\n}}\n")
+                 f"    iifname \"{self.tap}\" arp daddr ip {address} drop\n"
+                 f"    iifname \"{self.tap}\" ip daddr {address} drop\n  }}\n}}\n")
         try:
             subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True,
                            capture_output=True)
