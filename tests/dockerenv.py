@@ -234,7 +234,7 @@ class DockerEngine:
         argv = [sys.executable, "-m", "dataplane", "router", "--name", self.host.netns,
                 "--bridge", self.bridge, "--mtu", str(self.mtu), "--plugin",
                 "--plugin-state-dir", str(self.workdir / "plugin-state"),
-                "--docker-host", f"unix://{self.api_socket}",
+                "--plugin-docker-host", f"unix://{self.api_socket}",
                 "--docker-config", str(self.daemon_config), "-v"]
         for peer in self.tb.hosts:
             if peer is not self.host:

@@ -129,7 +129,7 @@ def test_router_serves_the_docker_plugin(tb, tmp_path):
                                       "--plugin-state-dir", str(tmp_path / "state"),
                                       "--status-addr", "127.0.0.1:6793",
                                       # no dockerd here: none of the machine's is touched
-                                      "--docker-host", f"unix://{tmp_path}/docker.sock",
+                                      "--plugin-docker-host", f"unix://{tmp_path}/docker.sock",
                                       "--docker-config", str(tmp_path / "daemon.json")])
     tb.wait_for(sock_path.exists, timeout=30, what="plugin socket")  # slow on a busy machine
     with socket.socket(socket.AF_UNIX) as s:

@@ -32,9 +32,10 @@ def add_arguments(p):
     p.add_argument("--dns-address", default=DEFAULT_DNS_ADDRESS, metavar="IP",
                    help="where weavefast's DNS server listens, on the bridge (default %(default)s; "
                         "'' for none); set dockerd's \"dns\" to it")
-    p.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", DEFAULT_DOCKER_HOST),
-                   metavar="unix:///PATH", help="dockerd's API socket (default $DOCKER_HOST or "
-                                                "%(default)s)")
+    p.add_argument("--plugin-docker-host",
+                   default=os.environ.get("DOCKER_HOST", DEFAULT_DOCKER_HOST),
+                   metavar="unix:///PATH", help="dockerd's API socket (default: $DOCKER_HOST or "
+                                                "unix:///var/run/docker.sock)")
     p.add_argument("--docker-config", default=DEFAULT_DOCKER_CONFIG, metavar="PATH",
                    help="dockerd's daemon.json, checked for the \"dns\" setting "
                         "(default %(default)s)")

@@ -71,22 +71,24 @@ class PluginServices:
         self.cluster = blocks.Cluster(peer_name, store, self.mesh, args.block_size,
                                       args.block_grace)
         try:
-            self.docker = DockerClient(args.docker_host)
+            self.docker = DockerClient(args.plugin_docker_host)
         except ValueError as e:
-            raise RouterError(f"--docker-host: {e}") from None
+            raise RouterError(f"--plugin-docker-host: {e}") from None
+        self._closing = threading.Event()
+        self.plugin = None
         try:
+            if args.dns_address:
+                self._start_dns(args.dns_address)
+            # last: once its socket exists, dockerd (and a stop request) may come at any time
             self.plugin = start_plugin(bridge=bridge, mtu=mtu, socket_path=args.plugin_socket,
                                        state_dir=args.plugin_state_dir, cluster=self.cluster,
                                        docker=self.docker, dns_address=args.dns_address or None,
                                        default_subnet=args.subnet)
         except OSError as e:
+            self.close()
             raise RouterError(f"Docker plugin on {args.plugin_socket}: {e.strerror or e} "
                               "(is `weavefast plugin` already running? stop it, or drop "
                               "--plugin)") from None
-        self._closing = threading.Event()
-        try:
-            if args.dns_address:
-                self._start_dns(args.dns_address)
         except BaseException:
             self.close()
             raise
@@ -110,12 +112,17 @@ class PluginServices:
                     raise RouterError(f"--dns-address {address}: {e}") from None
             self._address_added = (index, address)
         self._keep_dns_local(address)
-        names = self.plugin.names
         try:
-            self.dns = DnsServer(address, names.lookup, names.reverse, device=self.bridge)
+            self.dns = DnsServer(address, self._lookup, self._reverse, device=self.bridge)
         except OSError as e:
             raise RouterError(f"DNS server on {address}:53: {e.strerror or e} "
                               "(choose another --dns-address, or '' for none)") from None
+
+    def _lookup(self, name):
+        return self.plugin.names.lookup(name) if self.plugin else []
+
+    def _reverse(self, ip):
+        return self.plugin.names.reverse(ip) if self.plugin else None
 
     def _keep_dns_local(self, address):
         table = f"weavefast_dns_{self.bridge}".replace("-", "_")
@@ -199,4 +206,5 @@ class PluginServices:
                     ipr.addr("del", index=index, address=address, prefixlen=32)
             except NetlinkError:
                 pass  # went with the bridge
-        self.plugin.close()
+        if self.plugin:
+            self.plugin.close()
