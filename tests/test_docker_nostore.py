@@ -87,6 +87,12 @@ def test_overlapping_ranges_are_refused_and_disjoint_ones_share_names(hosts):
             "10.40.0.0/16") in refused.stderr, refused.stderr
 
     second.docker(*create, "--ip-range", "10.40.2.0/24", "ranged")
+    theirs = second.docker("run", "-d", "--name", "squatter", "--ip", "10.40.1.50", "--network",
+                           "ranged", IMAGE, "sleep", "600", check=False)
+    assert theirs.returncode != 0
+    assert f"address 10.40.1.50 is in the range of host {first.host.netns}" in theirs.stderr, \
+        theirs.stderr
+    second.docker("rm", "-f", "squatter")
     run(first, "left", "ranged")
     run(second, "right", "ranged")
     assert address(second, "right", "ranged").startswith("10.40.2.")
