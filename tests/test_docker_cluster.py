@@ -146,6 +146,11 @@ def test_networks_without_options_give_every_container_its_own_address_and_name(
                     f"({block['used']}/{block['size']} addresses used)")
         engine.tb.wait_for(lambda: ipam_line(hosts[0], etcd, engine) == expected,
                            what=f"weavefast ipam to show {expected!r}")
+    live = hosts[1].host.netns
+    refused = hosts[0].tb.run(hosts[0].host, [sys.executable, "-m", "dataplane", "ipam", "rmpeer",
+                                             live, "--store", etcd.url], check=False)
+    assert refused.returncode == 1
+    assert f"host {live} is alive (its router holds its lease in the store)" in refused.stderr
     status = hosts[0].tb.run(hosts[0].host, [sys.executable, "-m", "dataplane", "status"]).stdout
     assert f"dns: {DEFAULT_DNS_ADDRESS}, dockerd setting in place" in status, status
     assert "ready-made network weavefast: ready" in status, status
