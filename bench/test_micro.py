@@ -12,7 +12,7 @@ import pytest
 pytestmark = pytest.mark.benchmark(max_time=0.2, min_rounds=5)
 
 MAX_PAYLOAD = 1500 - 20 - 8  # UDP payload on a 1500-byte IPv4 underlay
-OVERLAY_MTU = 1430
+OVERLAY_MTU = 1414
 SRC_PEER, DST_PEER, OTHER_PEER = 1, 2, 3
 NOW = 1000.0
 LOCAL_MAC = bytes.fromhex("02000000aa01")
@@ -96,7 +96,8 @@ def test_fragment_split(benchmark, impl):
     benchmark.group = "split a 64 KB super-frame into fragments"
     record = super_frame_record(impl)
     fragments = benchmark(impl.encode_datagrams, SRC_PEER, DST_PEER, 0, [record], MAX_PAYLOAD)
-    assert len(fragments) > 40 and all(len(f) <= MAX_PAYLOAD for f in fragments)
+    # Before sealing: each datagram leaves room for its trailer.
+    assert len(fragments) > 40 and all(len(f) + impl.TRAILER_LEN <= MAX_PAYLOAD for f in fragments)
 
 
 def test_reassembly(benchmark, impl):
@@ -105,15 +106,48 @@ def test_reassembly(benchmark, impl):
     fragments = [impl.decode_datagram(d).fragment
                  for d in impl.encode_datagrams(SRC_PEER, DST_PEER, 0, [record], MAX_PAYLOAD)]
     reassembler = impl.Reassembler()
-    seqs = iter(range(1 << 62))
+    msgs = iter(range(1 << 32))
 
     def reassemble():
-        seq = next(seqs)  # a new message each round, as on the wire
-        for total_len, offset, chunk in fragments:
-            whole = reassembler.feed(SRC_PEER, seq, total_len, offset, chunk)
+        msg = next(msgs)  # a new message id each round, as on the wire
+        for _msg, total_len, offset, chunk in fragments:
+            whole = reassembler.feed(SRC_PEER, msg, total_len, offset, chunk)
         return whole
 
     payload = benchmark(reassemble)
     assert impl.decode_datagram(impl.encode_header(impl.TYPE_FRAMES, SRC_PEER, 0, 0) + payload) \
         .records == [record]
     assert reassembler.dropped == 0
+
+
+SEAL_DATAGRAM_LEN = 1400  # before sealing; 1416 bytes on the wire
+CIPHERS = {"aes-256-gcm": ("CIPHER_AES_256_GCM", bytes(range(32))),
+           "chacha20-poly1305": ("CIPHER_CHACHA20_POLY1305", bytes(range(32))),
+           "none": ("CIPHER_NONE", bytes(range(16)))}
+
+
+@pytest.fixture(params=list(CIPHERS))
+def cipher(request, impl):
+    """(cipher, key, a FRAMES datagram of SEAL_DATAGRAM_LEN bytes before sealing)."""
+    name, key = CIPHERS[request.param]
+    record = ethernet_frame(REMOTE_MAC, LOCAL_MAC,
+                            SEAL_DATAGRAM_LEN - impl.HEADER_LEN - impl.RECORD_HDR_LEN)
+    datagram = impl.encode_datagrams(SRC_PEER, DST_PEER, 12345, [(0, record)], 1500)[0]
+    assert len(datagram) == SEAL_DATAGRAM_LEN
+    return request.param, getattr(impl, name), key, datagram
+
+
+def test_seal(benchmark, impl, cipher):
+    name, cipher_id, key, datagram = cipher
+    benchmark.group = f"seal a {SEAL_DATAGRAM_LEN} B datagram, {name}"
+    sealed = benchmark(impl.seal_datagram, datagram, cipher_id, key)
+    assert len(sealed) == len(datagram) + impl.TRAILER_LEN
+    assert impl.open_datagram(sealed, cipher_id, key) == datagram
+
+
+def test_open(benchmark, impl, cipher):
+    name, cipher_id, key, datagram = cipher
+    benchmark.group = f"open a {SEAL_DATAGRAM_LEN} B datagram, {name}"
+    sealed = impl.seal_datagram(datagram, cipher_id, key)
+    opened = benchmark(impl.open_datagram, sealed, cipher_id, key)
+    assert opened == datagram

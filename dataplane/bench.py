@@ -9,12 +9,15 @@ container c2 (server):
 - iperf3 TCP, 1 stream and 4 streams (Gbit/s received);
 - iperf3 UDP with 64-byte payloads at full rate (`-b 0 -l 64`): packets per
   second *received*;
-- weavefast only: the two routers' CPU seconds (utime + stime from /proc) per GB
+- weavefast rows only: the two routers' CPU seconds (utime + stime from /proc) per GB
   received during the 1-stream TCP run, and their peak resident memory (VmHWM).
 
 The systems differ only in what carries c1's frames to c2:
 
-- weavefast: `weavefast router` in each host, its TAP on the bridge (container MTU 1430);
+- weavefast: `weavefast router` in each host, its TAP on the bridge (container MTU 1414),
+  no network secret: frames in clear, each datagram carrying the session token;
+- weavefast-sealed: the same with `--password`: every datagram sealed (AES-256-GCM
+  where the CPU has AES instructions, else ChaCha20-Poly1305);
 - vxlan: a kernel `vxlan` device on each bridge, VNI 42, UDP port 4789, remote =
   the other host (container MTU 1450);
 - direct: no encapsulation. Each host routes its container's /32 over the underlay
@@ -46,8 +49,9 @@ from pyroute2 import IPRoute
 from dataplane import testbed
 from dataplane.router import OFFLOAD_FLAGS
 
-SYSTEMS = ("weavefast", "vxlan", "direct")
-CONTAINER_MTU = {"weavefast": 1430, "vxlan": 1450, "direct": 1500}
+SYSTEMS = ("weavefast", "weavefast-sealed", "vxlan", "direct")
+CONTAINER_MTU = {"weavefast": 1414, "weavefast-sealed": 1414, "vxlan": 1450, "direct": 1500}
+BENCH_SECRET = "weavefast bench"
 VXLAN_VNI = 42
 VXLAN_PORT = 4789
 VXLAN_IFNAME = "wfbvx"
@@ -217,12 +221,15 @@ def measure(system, duration, pings, router_args):
 def _measure_in(tb, system, duration, pings, router_args):
     c1, c2 = tb.containers
     figures = {"container_mtu": CONTAINER_MTU[system]}
-    if system == "weavefast":
+    if system.startswith("weavefast"):
+        sealed = ["--password", BENCH_SECRET] if system == "weavefast-sealed" else []
         try:
-            tb.start_routers(extra_args=router_args)
+            tb.start_routers(extra_args=router_args + sealed)
         except (RuntimeError, TimeoutError) as e:  # the message holds the router's output
             raise BenchError(f"the routers did not start: {e}") from e
-        figures["offloads"] = tb.status(tb.hosts[0])["offloads"]
+        status = tb.status(tb.hosts[0])
+        figures["offloads"] = status["offloads"]
+        figures["cipher"] = status["peers"][0]["session"]["cipher"]
     elif system == "vxlan":
         add_vxlan(tb)
     else:
@@ -441,7 +448,7 @@ def draw_chart_or_explain(results, path):
     metrics = [m for m in METRICS if any(results["systems"][s].get(m[0]) for s in systems)]
     if not metrics:
         return
-    colours = {"weavefast": "tab:orange", "vxlan": "tab:blue", "direct": "tab:gray"}
+    colours = {"weavefast": "tab:orange", "weavefast-sealed": "tab:red", "vxlan": "tab:blue", "direct": "tab:gray"}
     columns = min(4, len(metrics))
     rows = math.ceil(len(metrics) / columns)
     figure, axes = pyplot.subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows), squeeze=False)

@@ -22,11 +22,16 @@ from dataplane.errors import RouterError, require_root
 
 log = logging.getLogger("weavefast.dataplane")
 
-# Wire format overhead: outer IP + UDP + weavefast header + record header + inner Ethernet.
+# Wire format overhead: outer IP + UDP + weavefast header + trailer (tag or
+# token) + record header + inner Ethernet.
 UDP_HEADER = 8
 IPV4_HEADER = 20
 IPV6_HEADER = 40
-FRAME_OVERHEAD = _core.HEADER_LEN + _core.RECORD_HDR_LEN + 14
+FRAME_OVERHEAD = _core.HEADER_LEN + _core.TRAILER_LEN + _core.RECORD_HDR_LEN + 14
+
+# Data-path ciphers by the names the control plane negotiates.
+CIPHERS = {"none": _core.CIPHER_NONE, "aes-256-gcm": _core.CIPHER_AES_256_GCM,
+           "chacha20-poly1305": _core.CIPHER_CHACHA20_POLY1305}
 MIN_MTU = 576
 
 SO_RXQ_OVFL = 40
@@ -260,10 +265,26 @@ class Dataplane:
         return self.engine.control_fd
 
     def recv_control(self) -> list[tuple[int, tuple[str, int], bytes]]:
+        """CONTROL datagrams that opened with a peer's key: [(that peer, from where, payload)]."""
         return self.engine.recv_control()
 
-    def send_control(self, payload: bytes, peer_id: int = 0, addr: tuple[str, int] | None = None) -> None:
-        self.engine.send_control(payload, peer_id, addr)
+    def send_control(self, payload: bytes, peer_id: int) -> None:
+        """Raises ConnectionError while the peer has not given us its key yet."""
+        self.engine.send_control(payload, peer_id)
+
+    # --- session keys (derived by the control plane's handshake) ---
+
+    def install_rx_key(self, peer_id: int, cipher: str, key: bytes) -> int:
+        """Accepts the peer's datagrams sealed with `key` (beside the previous
+        ones); returns the key id to give the peer."""
+        return self.engine.install_rx_key(peer_id, CIPHERS[cipher], key)
+
+    def remove_rx_key(self, key_id: int) -> bool:
+        return self.engine.remove_rx_key(key_id)
+
+    def set_tx_key(self, peer_id: int, key_id: int, cipher: str, key: bytes) -> None:
+        """Seals what goes to the peer with `key`, under the peer's id for it."""
+        self.engine.set_tx_key(peer_id, key_id, CIPHERS[cipher], key)
 
     def status_offloads(self) -> dict[str, bool]:
         """Offloads in use now (UDP GSO turns itself off after an EIO)."""
@@ -292,15 +313,15 @@ def _try_offload(fd: int, flags: int) -> bool:
 def steer_by_sender_worker(sock: socket.socket, workers: int) -> None:
     """Delivers what a peer's worker i sent to our worker i (mod workers).
 
-    The top byte of a datagram's seq is the sending worker's index, and every
-    fragment of a super-frame carries the same seq. Steering on it (instead of
-    the default hash of the addresses, the same for every flow) keeps each
-    flow on one worker end to end: the TAP queue we write a flow to is the one
-    the kernel hands its replies to ("tx follows rx").
+    A datagram's lane is the sending worker's index, the same for every
+    fragment of a super-frame. Steering on it (instead of the default hash of
+    the addresses, the same for every flow) keeps each flow on one worker end
+    to end: the TAP queue we write a flow to is the one the kernel hands its
+    replies to ("tx follows rx").
     """
-    seq_top_byte = 16   # offset in the weavefast header, counted from the UDP payload
+    lane = 4   # offset in the weavefast header, counted from the UDP payload
     program = [
-        (BPF_LD | BPF_B | BPF_ABS, 0, 0, seq_top_byte),
+        (BPF_LD | BPF_B | BPF_ABS, 0, 0, lane),
         (BPF_ALU | BPF_MOD | BPF_K, 0, 0, workers),
         (BPF_RET | BPF_A, 0, 0, 0),
     ]

@@ -1,25 +1,34 @@
 """Pure-Python reference of the weavefast wire format and forwarding rules.
 
 This module is the executable specification of docs/ARCHITECTURE.md ("Wire
-format, version 1" and "Forwarding"). It exposes exactly the API of the Cython
+format, version 2", its AEAD envelope and replay window, and "Forwarding"). It exposes exactly the API of the Cython
 core (`dataplane._core`), and the unit tests run every case against both, so a
 behaviour of the core that differs from this module is a bug in one of them.
 It favours clarity over speed and is never on the data path.
 """
+import hmac
 import struct
 from collections import namedtuple
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
 MAGIC = 0x5746  # "WF"
-VERSION = 1
+VERSION = 2
 HEADER_LEN = 24
 RECORD_HDR_LEN = 4
-FRAG_HDR_LEN = 8
+FRAG_HDR_LEN = 12
 VNET_HDR_LEN = 10
 TYPE_FRAMES = 1
 TYPE_FRAGMENT = 2
 TYPE_CONTROL = 3
 RFLAG_VNET = 0x01
 MAX_HOPS = 16
+TRAILER_LEN = 16  # the AEAD tag, or the session token without a secret
+KEY_LEN = 32
+TOKEN_LEN = 16
+CIPHER_NONE, CIPHER_AES_256_GCM, CIPHER_CHACHA20_POLY1305 = 0, 1, 2
+REPLAY_WINDOW = 8192
 
 ETH_HLEN = 14
 ETH_P_8021Q = 0x8100
@@ -28,12 +37,12 @@ MAX_REASSEMBLED_LEN = 262144
 MAX_RECORD_LEN = 0xFFFF  # the record length field is a u16
 MAX_RECORDS_PER_DATAGRAM = 63  # the core sends a datagram as at most 64 iovecs
 
-# magic, version, type, flags, hops, key_id, src_peer, dst_peer, seq
+# magic, version, type, lane, hops, key_id, src_peer, dst_peer, counter
 _HEADER = struct.Struct("!HBBBBHIIQ")
 # length of what follows, rflags, reserved
 _RECORD_HDR = struct.Struct("!HBB")
-# total_len, offset
-_FRAG_HDR = struct.Struct("!II")
+# message id, total_len, offset
+_FRAG_HDR = struct.Struct("!III")
 assert _HEADER.size == HEADER_LEN
 assert _RECORD_HDR.size == RECORD_HDR_LEN
 assert _FRAG_HDR.size == FRAG_HDR_LEN
@@ -51,13 +60,13 @@ class MalformedDatagram(ValueError):
 
 Datagram = namedtuple(
     "Datagram",
-    "type flags hops key_id src_peer dst_peer seq records fragment control")
+    "type lane hops key_id src_peer dst_peer counter records fragment control")
 
 
-def encode_header(type, src_peer, dst_peer, seq, hops=0, key_id=0, flags=0):
+def encode_header(type, src_peer, dst_peer, counter, hops=0, key_id=0, lane=0):
     """The 24-byte datagram header."""
-    return _HEADER.pack(MAGIC, VERSION, type, flags, hops, key_id,
-                        src_peer, dst_peer, seq)
+    return _HEADER.pack(MAGIC, VERSION, type, lane, hops, key_id,
+                        src_peer, dst_peer, counter)
 
 
 def _encode_record(rflags, payload):
@@ -66,30 +75,32 @@ def _encode_record(rflags, payload):
     return _RECORD_HDR.pack(len(payload), rflags, 0) + bytes(payload)
 
 
-def encode_datagrams(src_peer, dst_peer, seq, records, max_payload):
-    """Pack `(rflags, payload)` records, in order, into datagrams of at most
-    `max_payload` bytes (header included).
+def encode_datagrams(src_peer, dst_peer, counter, records, max_payload, msg=0):
+    """Pack `(rflags, payload)` records, in order, into datagrams that take at
+    most `max_payload` bytes on the wire once sealed (header and trailer
+    included); return them before sealing, without their trailer.
 
-    Records are packed greedily into FRAMES datagrams of at most 63 records,
-    one seq each, counting up from `seq`. A record too large for a datagram of
-    its own is sent alone as FRAGMENT datagrams sharing one seq; the FRAMES
-    datagram being filled before it is closed first, so the order of records
-    is kept.
+    Every datagram has its own counter, counting up from `counter`. Records are
+    packed greedily into FRAMES datagrams of at most 63 records. A record too
+    large for a datagram of its own is sent alone as FRAGMENT datagrams that
+    share one message id, counting up from `msg`; the FRAMES datagram being
+    filled before it is closed first, so the order of records is kept.
     """
-    frames_room = max_payload - HEADER_LEN
-    chunk_room = max_payload - HEADER_LEN - FRAG_HDR_LEN
+    frames_room = max_payload - HEADER_LEN - TRAILER_LEN
+    chunk_room = frames_room - FRAG_HDR_LEN
     if chunk_room < 1:
         raise ValueError(f"max_payload {max_payload} leaves no room for data")
     datagrams = []
     pending = []  # encoded records of the FRAMES datagram being filled
     pending_len = 0
 
+    def header(type_):
+        return encode_header(type_, src_peer, dst_peer, counter + len(datagrams))
+
     def close_frames():
-        nonlocal seq, pending_len
+        nonlocal pending_len
         if pending:
-            datagrams.append(encode_header(TYPE_FRAMES, src_peer, dst_peer, seq)
-                             + b"".join(pending))
-            seq += 1
+            datagrams.append(header(TYPE_FRAMES) + b"".join(pending))
             pending.clear()
             pending_len = 0
 
@@ -97,11 +108,10 @@ def encode_datagrams(src_peer, dst_peer, seq, records, max_payload):
         record = _encode_record(rflags, payload)
         if len(record) > frames_room:
             close_frames()
-            header = encode_header(TYPE_FRAGMENT, src_peer, dst_peer, seq)
             for offset in range(0, len(record), chunk_room):
-                datagrams.append(header + _FRAG_HDR.pack(len(record), offset)
+                datagrams.append(header(TYPE_FRAGMENT) + _FRAG_HDR.pack(msg, len(record), offset)
                                  + record[offset:offset + chunk_room])
-            seq += 1
+            msg = (msg + 1) % 2**32
             continue
         if (pending_len + len(record) > frames_room
                 or len(pending) == MAX_RECORDS_PER_DATAGRAM):
@@ -134,10 +144,10 @@ def _decode_records(payload):
 
 
 def _decode_fragment(payload):
-    """`(total_len, offset, chunk)` of a FRAGMENT payload."""
+    """`(msg, total_len, offset, chunk)` of a FRAGMENT payload."""
     if len(payload) < FRAG_HDR_LEN:
         raise MalformedDatagram("bad_fragment", "fragment header truncated")
-    total_len, offset = _FRAG_HDR.unpack_from(payload)
+    msg, total_len, offset = _FRAG_HDR.unpack_from(payload)
     chunk = bytes(payload[FRAG_HDR_LEN:])
     if not chunk:
         raise MalformedDatagram("bad_fragment", "empty fragment")
@@ -145,19 +155,96 @@ def _decode_fragment(payload):
         raise MalformedDatagram("bad_fragment", f"total_len {total_len}")
     if offset + len(chunk) > total_len:
         raise MalformedDatagram("bad_fragment", "fragment ends past total_len")
-    return total_len, offset, chunk
+    return msg, total_len, offset, chunk
+
+
+def _nonce(counter):
+    return bytes(4) + counter.to_bytes(8, "big")
+
+
+def _aead(cipher, key):
+    if cipher == CIPHER_AES_256_GCM and len(key) == KEY_LEN:
+        return AESGCM(key)
+    if cipher == CIPHER_CHACHA20_POLY1305 and len(key) == KEY_LEN:
+        return ChaCha20Poly1305(key)
+    if cipher == CIPHER_NONE and len(key) == TOKEN_LEN:
+        return None
+    raise ValueError(f"no cipher {cipher} with a key of {len(key)} bytes")
+
+
+def seal_datagram(datagram, cipher, key):
+    """The datagram as it goes on the wire: the body (after the header) sealed
+    with the header as associated data and its counter as the nonce, then the
+    tag; for CIPHER_NONE the body as it is, then the token `key`."""
+    datagram = bytes(datagram)
+    if len(datagram) < HEADER_LEN:
+        raise MalformedDatagram("short", f"{len(datagram)} bytes")
+    aead = _aead(cipher, key)
+    header, body = datagram[:HEADER_LEN], datagram[HEADER_LEN:]
+    if aead is None:
+        return datagram + key
+    counter = _HEADER.unpack(header)[-1]
+    return header + aead.encrypt(_nonce(counter), body, header)
+
+
+def open_datagram(data, cipher, key):
+    """The inverse of seal_datagram: the datagram without its trailer, or
+    MalformedDatagram("bad_tag") when the tag (or token) is wrong."""
+    data = bytes(data)
+    if len(data) < HEADER_LEN + TRAILER_LEN:
+        raise MalformedDatagram("short", f"{len(data)} bytes")
+    aead = _aead(cipher, key)
+    header = data[:HEADER_LEN]
+    if aead is None:
+        if not hmac.compare_digest(data[-TRAILER_LEN:], key):
+            raise MalformedDatagram("bad_tag", "wrong session token")
+        return data[:-TRAILER_LEN]
+    counter = _HEADER.unpack(header)[-1]
+    try:
+        return header + aead.decrypt(_nonce(counter), data[HEADER_LEN:], header)
+    except InvalidTag:
+        raise MalformedDatagram("bad_tag", "authentication failed") from None
+
+
+class ReplayWindow:
+    """Which counters of one key were accepted: any above the highest, and
+    those among the REPLAY_WINDOW below it not seen yet, are fresh.
+
+    The receiver asks `fresh` before opening a datagram and calls `update`
+    only after its tag verified, so forged counters never move the window.
+    """
+
+    def __init__(self):
+        self.top = 0
+        self._seen = set()  # accepted counters within the window below top
+
+    def fresh(self, counter):
+        if counter > self.top:
+            return True
+        return self.top - counter < REPLAY_WINDOW and counter not in self._seen
+
+    def update(self, counter):
+        """Marks the counter seen; False (and no change) when it was not fresh."""
+        if not self.fresh(counter):
+            return False
+        if counter > self.top:
+            self.top = counter
+            self._seen = {c for c in self._seen if self.top - c < REPLAY_WINDOW}
+        self._seen.add(counter)
+        return True
 
 
 def decode_datagram(data):
-    """Parse one UDP payload into a Datagram; raise MalformedDatagram if invalid.
+    """Parse one datagram without its trailer (as open_datagram returns it)
+    into a Datagram; raise MalformedDatagram if invalid.
 
-    Flags, hops, key_id and peer ids are returned as they are: acting on them
+    Lane, hops, key_id and peer ids are returned as they are: acting on them
     (hop limit, unknown peers) is the router's business, not the parser's.
     """
     data = memoryview(data)
     if len(data) < HEADER_LEN:
         raise MalformedDatagram("short", f"{len(data)} bytes")
-    magic, version, type_, flags, hops, key_id, src_peer, dst_peer, seq = \
+    magic, version, type_, lane, hops, key_id, src_peer, dst_peer, counter = \
         _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise MalformedDatagram("bad_magic", f"0x{magic:04x}")
@@ -173,15 +260,15 @@ def decode_datagram(data):
         fragment = _decode_fragment(payload)
     else:
         control = bytes(payload)
-    return Datagram(type_, flags, hops, key_id, src_peer, dst_peer, seq,
+    return Datagram(type_, lane, hops, key_id, src_peer, dst_peer, counter,
                     records, fragment, control)
 
 
 class _Partial:
-    """A message being reassembled: its seq, expected length and bytes so far."""
+    """A message being reassembled: its message id, expected length and bytes so far."""
 
-    def __init__(self, seq, total_len):
-        self.seq = seq
+    def __init__(self, msg, total_len):
+        self.msg = msg
         self.total_len = total_len
         self.data = bytearray()
         self.last_used = 0
@@ -192,7 +279,7 @@ class Reassembler:
 
     One message per peer is reassembled at a time, in at most `slots` slots.
     `dropped` counts fragments that end in a drop: one out of order (its offset
-    is not the number of bytes held for its seq, none when nothing is held) or
+    is not the number of bytes held for its message id, none when nothing is held) or
     inconsistent with the message, and a new message that replaces an
     unfinished one of the same peer or takes the least recently used slot.
     """
@@ -205,22 +292,22 @@ class Reassembler:
         self._partials = {}  # src_peer -> _Partial
         self._clock = 0  # orders uses of the partials, to reuse the oldest
 
-    def feed(self, src_peer, seq, total_len, offset, chunk):
+    def feed(self, src_peer, msg, total_len, offset, chunk):
         """Add one fragment, as decode_datagram returns it (offset + len(chunk)
         <= total_len); return the whole FRAMES payload once complete."""
         self._clock += 1
         partial = self._partials.get(src_peer)
-        if partial is None or partial.seq != seq:
+        if partial is None or partial.msg != msg:
             if offset != 0:
                 self.dropped += 1  # the start of this message was lost or dropped
                 return None
             if partial is not None:
-                self._drop(src_peer)  # a new seq replaces the unfinished message
+                self._drop(src_peer)  # a new message replaces the unfinished message
             if len(chunk) == total_len:
                 return bytes(chunk)
             if len(self._partials) >= self.slots:
                 self._drop(min(self._partials, key=lambda p: self._partials[p].last_used))
-            partial = self._partials[src_peer] = _Partial(seq, total_len)
+            partial = self._partials[src_peer] = _Partial(msg, total_len)
         elif offset != len(partial.data) or total_len != partial.total_len:
             self._drop(src_peer)
             return None

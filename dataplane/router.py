@@ -10,15 +10,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import signal
 import socket
 import sys
 import time
 
-from dataplane.control import ControlConfig, ControlPlane
-from dataplane.control.status import StatusServer
+from dataplane.control import ControlConfig, ControlPlane, messages
+from dataplane.control.status import StatusServer, token_path_for
 from dataplane.addresses import format_address, parse_hostport
 from dataplane.errors import RouterError, require_root
+from dataplane.plugin.server import add_reconcile_arguments
 
 DEFAULT_PORT = 6783
 DEFAULT_STATUS = "127.0.0.1:6784"
@@ -39,6 +41,11 @@ def add_arguments(p) -> None:
     secret.add_argument("--password", help="network secret: only routers with the same one may join "
                                            "(it never crosses the wire; prefer --key-file)")
     secret.add_argument("--key-file", metavar="PATH", help="read the network secret from this file")
+    p.add_argument("--cipher", choices=("auto", "aes-256-gcm", "chacha20-poly1305"), default="auto",
+                   help="data cipher with a network secret (default auto: AES-256-GCM where the CPU "
+                        "has AES instructions, else ChaCha20-Poly1305)")
+    p.add_argument("--rekey-after", type=float, default=120.0, metavar="SECONDS",
+                   help="fresh session keys this often (default 120)")
     p.add_argument("--down-after", type=float, default=3.0, metavar="SECONDS",
                    help="declare a peer down after this long without heartbeats (default 3)")
     p.add_argument("--bind", default="::", help="address to bind the UDP port to (default: all)")
@@ -61,6 +68,7 @@ def add_arguments(p) -> None:
                    help="the plugin's socket, where dockerd looks for it")
     p.add_argument("--plugin-state-dir", default="/var/lib/weavefast/plugin", metavar="DIR",
                    help="where the plugin keeps its networks and endpoints")
+    add_reconcile_arguments(p, prefix="plugin-")
     from dataplane.plugin.options import add_arguments as add_plugin_arguments
     add_plugin_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true", help="log control-plane events")
@@ -107,6 +115,10 @@ def config_from_args(args):
         raise RouterError(f"--fdb-max-age {args.fdb_max_age}: use at least 1 second")
     if not args.down_after > 0:
         raise RouterError(f"--down-after {args.down_after}: use a positive number of seconds")
+    if not 0.1 <= args.rekey_after <= 3600:
+        raise RouterError(f"--rekey-after {args.rekey_after}: use 0.1 to 3600 seconds")
+    if not messages.valid_name(args.name):
+        raise RouterError(f"--name {args.name!r}: use 1 to {messages.MAX_NAME} letters, digits or . _ - : @ +")
     peer_id = default_peer_id(args.name) if args.peer_id is None else args.peer_id
     if not 0 < peer_id < 2 ** 32:
         raise RouterError(f"--peer-id {peer_id}: use 1 to 4294967295")
@@ -123,7 +135,8 @@ def config_from_args(args):
     control = ControlConfig(
         name=args.name, peer_id=peer_id, port=args.port,
         peers=[format_address(address) for address in peers], password=network_secret(args),
-        down_after=args.down_after, listen_host=None if args.bind in ("", "::") else args.bind)
+        down_after=args.down_after, listen_host=None if args.bind in ("", "::") else args.bind,
+        rekey_after=args.rekey_after, ciphers=None if args.cipher == "auto" else [args.cipher])
     return cfg, control, peers
 
 
@@ -145,12 +158,12 @@ async def serve(dp, control_config: ControlConfig, status_addr: str, plugin=None
     control = ControlPlane(dp, control_config)
     if plugin is not None:
         plugin.attach(control)
-    status = StatusServer(control, parse_hostport(status_addr, 6784, "--status-addr"), details=lambda: {
+    status = StatusServer(control, parse_hostport(status_addr, 6784, "--status-addr"),
+                          token_file=token_path_for(control_config.name), details=lambda: {
         "uptime": round(time.time() - started, 1), "bridge": dp.config.bridge,
         "tap": dp.config.tap_name, "mtu": dp.mtu,
         "mac_table": {"size": dp.fdb_size(), "capacity": dp.config.fdb_capacity},
-        "workers": dp.worker_counters(),
-        **({"plugin": plugin.status()} if plugin is not None else {})})
+        "workers": dp.worker_counters(), "plugin": plugin.status() if plugin else None})
     try:
         await control.start()
     except OSError as e:
@@ -163,6 +176,7 @@ async def serve(dp, control_config: ControlConfig, status_addr: str, plugin=None
             raise RouterError(f"status API {status_addr}: {e.strerror} "
                               "(choose another --status-addr)") from None
         sweeper = asyncio.create_task(sweep(dp))
+        notify_ready()
         await stop.wait()
         sweeper.cancel()
         await status.stop()
@@ -193,6 +207,16 @@ def run(args) -> int:
         print(f"weavefast router {args.name} (peer id {cfg.peer_id}) forwarding: TAP {cfg.tap_name} on bridge "
               f"{cfg.bridge}, UDP port {cfg.port}, MTU {dp.mtu}, offloads: {', '.join(on) or 'none'}",
               flush=True)
+        if control.password is None:
+            print("weavefast router: WARNING: no network secret, so traffic is not encrypted and any host that "
+                  "reaches this port can join; set the same --password or --key-file on every router",
+                  file=sys.stderr, flush=True)
+        elif args.cipher != "auto":
+            print(f"weavefast router: data cipher {args.cipher}", flush=True)
+        if plugin is not None:
+            print(f"weavefast router: Docker plugin serving NetworkDriver and IpamDriver on "
+                  f"{args.plugin_socket} (state in {args.plugin_state_dir}, reconciled with "
+                  f"{args.plugin_docker_host})", flush=True)
         asyncio.run(serve(dp, control, args.status_addr, plugin))
     except RouterError as e:
         print(f"weavefast router: {e}", file=sys.stderr)
@@ -202,3 +226,15 @@ def run(args) -> int:
             plugin.close()
         dp.close()
     return 0
+
+
+def notify_ready() -> None:
+    """Tell systemd (Type=notify) that the router forwards and its plugin serves, so that
+    units ordered after it (docker.service) start only now."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(b"READY=1", address)

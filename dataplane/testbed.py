@@ -9,7 +9,7 @@ A `Testbed` builds:
 - in every host namespace a Linux bridge (default ``weavefast``) for the overlay;
 - one namespace per container (``<prefix>-c1``, ...) whose ``eth0`` is a veth to
   the host's bridge, addressed 10.32.0.<n>/24 and fd00:32::<n>/64, MTU = overlay MTU
-  (default: underlay MTU minus the 70 bytes of encapsulation over IPv4).
+  (default: underlay MTU minus the 86 bytes of encapsulation over IPv4).
 
 The overlay plumbing in a host (bridge, container ports, the router's TAP) gets no
 IPv6 link-local address, and containers send no router solicitations, so the only
@@ -61,7 +61,7 @@ UNDERLAY_NET = ipaddress.ip_network("10.47.0.0/24")
 OVERLAY_NET4 = ipaddress.ip_network("10.32.0.0/24")
 OVERLAY_NET6 = ipaddress.ip_network("fd00:32::/64")
 BROADCAST4 = str(OVERLAY_NET4.broadcast_address)
-ENCAP_OVERHEAD = 70  # IPv4 + UDP + weavefast header + record header + inner Ethernet
+ENCAP_OVERHEAD = 86  # IPv4 + UDP + weavefast header + trailer + record header + inner Ethernet
 ROUTER_PORT = 6783
 STATUS_PORT = 6784
 IFA_F_NODAD = 0x02  # the address is usable at once, no duplicate-address detection wait
@@ -304,15 +304,16 @@ class Testbed:
         return subprocess.run(nsenter_argv(self._ns(node)) + list(argv), timeout=timeout,
                               check=check, capture_output=True, text=True, **kwargs)
 
-    def start(self, node, argv, name=None):
-        """Start a long-running program in `node`'s namespace; stopped by close()."""
+    def start(self, node, argv, name=None, env=None):
+        """Start a long-running program in `node`'s namespace, with `env` added to its
+        environment; stopped by close()."""
         ns = self._ns(node)
         name = name or f"{ns}-{len(self.processes)}"
         log_path = self._log_dir / f"{name}.log"
         with open(log_path, "wb") as log:
             popen = subprocess.Popen(nsenter_argv(ns) + list(argv), stdin=subprocess.DEVNULL,
                                      stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, env=_python_env())
+                                     start_new_session=True, env=_python_env() | (env or {}))
         process = Process(name=name, netns=ns, popen=popen, log_path=log_path)
         self.processes.append(process)
         return process

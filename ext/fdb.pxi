@@ -110,12 +110,12 @@ cdef class Reassembler:
     def dropped(self):
         return self._dropped
 
-    def feed(self, uint32_t src_peer, uint64_t seq, uint32_t total_len, uint32_t offset,
+    def feed(self, uint32_t src_peer, uint32_t msg, uint32_t total_len, uint32_t offset,
              const uint8_t[:] chunk):
         cdef uint32_t n = chunk.shape[0]
         if n == 0 or total_len == 0 or total_len > WF_MAX_MESSAGE or offset > total_len \
                 or n > total_len - offset:
             raise MalformedDatagram("bad_fragment")
-        cdef const uint8_t *done = wf_reasm_feed(&self.r, src_peer, seq, total_len, offset,
+        cdef const uint8_t *done = wf_reasm_feed(&self.r, src_peer, msg, total_len, offset,
                                                  &chunk[0], n, &self._dropped)
         return None if done == NULL else bytes(done[:total_len])

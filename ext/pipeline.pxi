@@ -10,10 +10,17 @@
 #       per-peer datagrams, in place in the arena's headroom -> one sendmmsg
 #       (super-frames as FRAGMENT datagrams in UDP GSO sends).
 #   RX: one recvmmsg (UDP GRO: several datagrams per buffer) -> split into
-#       datagrams -> validate; FRAMES: write each frame to the TAP; FRAGMENT:
+#       datagrams -> check the header, find the key by its id, check the
+#       counter against the replay window, open the datagram in place (the
+#       tag, or the token without a secret), mark the counter seen
+#       -> validate; FRAMES: write each frame to the TAP; FRAGMENT:
 #       reassemble, then write the super-frame whole; CONTROL: queue for
-#       Python; datagrams for another peer: relay -> learn sources, queue
-#       control messages and publish counters under the lock once.
+#       Python; datagrams for another peer: relay (sealed again for the next
+#       hop) -> learn sources, queue control messages and publish counters
+#       under the lock once.
+#
+# Sending seals every datagram on its own (udp.pxi): counters are taken from
+# the next hop's key in order, then each datagram is sealed, then sent.
 #
 # Shared state (forwarding table, peer table, control queue) sits behind one
 # mutex that a thread takes once per batch. Threads read peers from a private
@@ -24,6 +31,7 @@
 
 cdef enum:
     MAX_BATCH = 256
+    RX_KEYS = 3          # receive keys per peer: current, previous, next (rekeying)
     MAX_WORKERS = 16
     CTRL_SLOTS = 64
     CTRL_MAX = 1500
@@ -32,36 +40,6 @@ cdef enum:
     REASM_SLOTS = 16
     GATHER_MAX = 256
     POLL_MS = 1000
-
-cdef enum:  # counters
-    C_TAP_RX_FRAMES
-    C_TAP_RX_BYTES
-    C_TAP_TX_FRAMES
-    C_TAP_TX_BYTES
-    C_UDP_RX_DATAGRAMS
-    C_UDP_RX_BYTES
-    C_UDP_TX_DATAGRAMS
-    C_UDP_TX_BYTES
-    C_FLOODED_FRAMES
-    C_RELAYED_DATAGRAMS
-    C_SUPER_FRAMES_TX
-    C_SUPER_FRAMES_RX
-    C_CONTROL_RX
-    C_TX_BATCHES
-    C_RX_BATCHES
-    C_GSO_FALLBACKS
-    C_SOCKET_OVERFLOWS
-    C_USO_COALESCED
-    C_COUNT
-
-COUNTER_NAMES = ("tap_rx_frames", "tap_rx_bytes", "tap_tx_frames", "tap_tx_bytes",
-                 "udp_rx_datagrams", "udp_rx_bytes", "udp_tx_datagrams", "udp_tx_bytes",
-                 "flooded_frames", "relayed_datagrams", "super_frames_tx", "super_frames_rx",
-                 "control_rx", "tx_batches", "rx_batches", "gso_fallbacks",
-                 "socket_overflows", "uso_coalesced")
-
-cdef enum:
-    N_STATS = C_COUNT + WF_DROP_COUNT
 
 cdef enum:  # per-peer counters
     P_TX_FRAMES
@@ -73,6 +51,13 @@ cdef enum:  # per-peer counters
 PEER_COUNTER_NAMES = ("tx_frames", "tx_bytes", "rx_frames", "rx_bytes")
 
 
+cdef struct RxKey:
+    uint16_t key_id               # 0 = free
+    uint8_t cipher
+    uint32_t gen                  # install number: threads reload their context when it moves
+    uint8_t key[WF_KEY_LEN]       # the token (16 bytes) for WF_CIPHER_NONE
+
+
 cdef struct Peer:
     uint32_t id
     int used
@@ -82,6 +67,14 @@ cdef struct Peer:
     socklen_t addrlen
     uint8_t template[WF_HEADER_LEN]
     uint64_t stats[P_COUNT]
+    # Sending: the key the peer opens our datagrams with, and its counter.
+    uint16_t tx_key_id            # the peer's id for it; 0 = no session yet
+    uint8_t tx_cipher
+    uint32_t tx_gen
+    uint8_t tx_key[WF_KEY_LEN]
+    uint64_t tx_counter
+    RxKey rx[RX_KEYS]
+    wf_replay replay[RX_KEYS]
 
 
 cdef struct PeerView:
@@ -109,6 +102,8 @@ cdef struct Shared:
     unsigned peer_count           # slots [0, peer_count) may be used
     uint64_t generation
     uint32_t local_peer
+    uint32_t key_gen              # installs so far
+    uint8_t key_epoch             # top bits of the next receive key id
     int stop
     int stop_efd
     int control_efd
@@ -150,7 +145,7 @@ cdef struct Worker:
     size_t tx_lens[MAX_BATCH]
     Out *tx_out
     PeerView tx_view
-    uint64_t tx_seq
+    uint32_t tx_msg               # next FRAGMENT message id (the worker index on top)
     uint64_t tx_peer[MAX_PEERS][2]
     # RX
     Arena rx_arena
@@ -160,11 +155,13 @@ cdef struct Worker:
     uint8_t rx_cmsgs[MAX_BATCH][CMSG_BUF]
     Out *relay_out
     PeerView rx_view
+    uint16_t open_ids[MAX_PEERS][RX_KEYS]
+    wf_aead opens[MAX_PEERS][RX_KEYS]
     wf_reasm reasm
     # A FRAGMENT message whose pieces all arrive in one batch is written to the
     # TAP straight from the receive buffers; the reassembler copies only the rest.
     uint32_t gather_src
-    uint64_t gather_seq
+    uint32_t gather_msg
     uint32_t gather_total
     uint32_t gather_have
     int gather_slot
@@ -194,11 +191,43 @@ cdef inline uint32_t now_seconds() noexcept nogil:
 
 # --- peer views ------------------------------------------------------------
 
+cdef void out_refresh(Shared *sh, Out *o) noexcept nogil:
+    """Copies every peer's address and sending key (caller holds the lock)."""
+    cdef unsigned s
+    cdef Peer *p
+    for s in range(sh.peer_count):
+        p = &sh.peers[s]
+        o.key_ids[s] = p.tx_key_id if p.used else 0
+        if not o.key_ids[s]:
+            continue
+        memcpy(&o.names[s], &p.addr, p.addrlen)
+        o.namelens[s] = p.addrlen
+        o.counters[s] = &p.tx_counter
+        if o.seal[s].gen != p.tx_gen and wf_aead_set_key(&o.seal[s], p.tx_cipher, p.tx_key, p.tx_gen, 1):
+            o.key_ids[s] = 0
+
+
+cdef void opener_refresh(Shared *sh, Worker *w) noexcept nogil:
+    """Loads the receive keys that changed into the RX thread's contexts."""
+    cdef unsigned s, k
+    cdef RxKey *rk
+    for s in range(sh.peer_count):
+        for k in range(RX_KEYS):
+            rk = &sh.peers[s].rx[k]
+            if not (sh.peers[s].used and rk.key_id):
+                w.open_ids[s][k] = 0
+            elif w.opens[s][k].gen != rk.gen:
+                w.open_ids[s][k] = rk.key_id
+                if wf_aead_set_key(&w.opens[s][k], rk.cipher, rk.key, rk.gen, 0):
+                    w.open_ids[s][k] = 0
+
+
 cdef void view_refresh(Shared *sh, PeerView *v, Out *o) noexcept nogil:
     """Copies the peer table (caller holds the lock) into a thread's view."""
     cdef unsigned s
     cdef Peer *p
     cdef int via
+    out_refresh(sh, o)
     v.count = sh.peer_count
     v.nflood = 0
     for s in range(v.count):
@@ -208,8 +237,6 @@ cdef void view_refresh(Shared *sh, PeerView *v, Out *o) noexcept nogil:
         if not (p.used and p.up):
             continue
         memcpy(v.templates[s], p.template, WF_HEADER_LEN)
-        memcpy(&o.names[s], &p.addr, p.addrlen)
-        o.namelens[s] = p.addrlen
         via = p.via
         if via < 0:
             v.hop[s] = s
@@ -222,14 +249,10 @@ cdef void view_refresh(Shared *sh, PeerView *v, Out *o) noexcept nogil:
     v.generation = sh.generation
 
 
-cdef inline void view_sync(Shared *sh, PeerView *v, Out *o, bint locked) noexcept nogil:
-    if v.generation == wf_load_acquire(&sh.generation):
-        return
-    if not locked:
-        pthread_mutex_lock(&sh.lock)
-    view_refresh(sh, v, o)
-    if not locked:
-        pthread_mutex_unlock(&sh.lock)
+cdef inline void view_sync(Shared *sh, PeerView *v, Out *o) noexcept nogil:
+    """Refreshes a view whose peer table changed (caller holds the lock)."""
+    if v.generation != wf_load_acquire(&sh.generation):
+        view_refresh(sh, v, o)
 
 
 cdef inline int view_slot(PeerView *v, uint32_t peer_id) noexcept nogil:
@@ -260,8 +283,7 @@ cdef void publish_peers(Shared *sh, uint64_t (*acc)[2], unsigned count, int base
 # --- TX: TAP -> peers ------------------------------------------------------
 
 cdef void tx_flush(Worker *w, Emitter *e, uint64_t *st) noexcept nogil:
-    cdef int err = out_flush(w.tx_out, w.tx_fd, &st[C_UDP_TX_DATAGRAMS], &st[C_UDP_TX_BYTES],
-                             &st[C_COUNT + WF_DROP_UDP_SEND])
+    cdef int err = out_flush(w.tx_out, w.tx_fd, st)
     if err == EIO and e.gso:
         # The egress device cannot checksum GSO segments: plain sends from now on.
         w.sh.gso = 0
@@ -273,7 +295,9 @@ cdef inline void tx_emit(Worker *w, Emitter *e, uint64_t *st, PeerView *v, int s
                          uint8_t *rec, unsigned n) noexcept nogil:
     if emit_record(e, slot, v.hop[slot], v.templates[slot], rec, n):
         tx_flush(w, e, st)
-        emit_record(e, slot, v.hop[slot], v.templates[slot], rec, n)
+        if emit_record(e, slot, v.hop[slot], v.templates[slot], rec, n):
+            st[C_COUNT + WF_DROP_OVERSIZE] += 1   # more fragments than an empty Out holds
+            return
     w.tx_peer[slot][0] += 1
     w.tx_peer[slot][1] += n
 
@@ -302,9 +326,9 @@ cdef unsigned tx_batch(Worker *w) noexcept nogil:
     e.out = w.tx_out
     e.max_payload = sh.max_payload
     e.gso = sh.gso
-    e.seq = w.tx_seq
+    e.msg = w.tx_msg
     pthread_mutex_lock(&sh.lock)
-    view_sync(sh, v, w.tx_out, True)
+    view_sync(sh, v, w.tx_out)
     for i in range(n):
         frame = arena_slot(&w.tx_arena, i)
         flen = w.tx_lens[i]
@@ -352,7 +376,7 @@ cdef unsigned tx_batch(Worker *w) noexcept nogil:
         st[C_FLOODED_FRAMES] += 1
         for k in range(v.nflood):
             tx_emit(w, &e, st, v, v.flood[k], rec, rlen + WF_RECORD_HDR_LEN)
-    w.tx_seq = e.seq
+    w.tx_msg = e.msg
     pthread_mutex_unlock(&sh.lock)
     tx_flush(w, &e, st)
     st[C_TX_BATCHES] += 1
@@ -507,11 +531,11 @@ cdef void rx_deliver(Worker *w, const uint8_t *p, size_t n, uint32_t src_peer, i
                    data, rlen, has_vnet, src_slot)
 
 
-cdef void rx_reassemble(Worker *w, uint32_t src_peer, int src_slot, uint64_t seq, uint32_t total,
+cdef void rx_reassemble(Worker *w, uint32_t src_peer, int src_slot, uint32_t msg, uint32_t total,
                         uint32_t offset, const uint8_t *chunk, uint32_t n, uint64_t *st) noexcept nogil:
     cdef unsigned count
     cdef int err
-    cdef const uint8_t *whole = wf_reasm_feed(&w.reasm, src_peer, seq, total, offset, chunk, n,
+    cdef const uint8_t *whole = wf_reasm_feed(&w.reasm, src_peer, msg, total, offset, chunk, n,
                                               &st[C_COUNT + WF_DROP_REASSEMBLY])
     if whole == NULL:
         return
@@ -520,6 +544,9 @@ cdef void rx_reassemble(Worker *w, uint32_t src_peer, int src_slot, uint64_t seq
         st[C_COUNT + err] += 1
         return
     rx_deliver(w, whole, total, src_peer, src_slot, st)
+    # Frames held for coalescing point into the reassembly slot, which the next
+    # fragment may reuse: write them now.
+    rx_uso_flush(w, st)
 
 
 cdef void rx_gather_spill(Worker *w, uint64_t *st) noexcept nogil:
@@ -528,7 +555,7 @@ cdef void rx_gather_spill(Worker *w, uint64_t *st) noexcept nogil:
     cdef uint32_t off = 0
     w.gather_n = 0
     for i in range(1, n + 1):
-        rx_reassemble(w, w.gather_src, w.gather_slot, w.gather_seq, w.gather_total, off,
+        rx_reassemble(w, w.gather_src, w.gather_slot, w.gather_msg, w.gather_total, off,
                       <uint8_t *>w.gather_iov[i].iov_base, w.gather_iov[i].iov_len, st)
         off += w.gather_iov[i].iov_len
 
@@ -564,17 +591,17 @@ cdef void rx_gather_deliver(Worker *w, uint64_t *st) noexcept nogil:
     w.gather_n = 0
 
 
-cdef void rx_fragment(Worker *w, wf_header *h, int src_slot, uint32_t total, uint32_t offset,
-                      uint8_t *chunk, uint32_t n, uint64_t *st) noexcept nogil:
-    if w.gather_n and (w.gather_src != h.src_peer or w.gather_seq != h.seq
+cdef void rx_fragment(Worker *w, wf_header *h, int src_slot, uint32_t msg, uint32_t total,
+                      uint32_t offset, uint8_t *chunk, uint32_t n, uint64_t *st) noexcept nogil:
+    if w.gather_n and (w.gather_src != h.src_peer or w.gather_msg != msg
                        or offset != w.gather_have or total != w.gather_total):
         rx_gather_spill(w, st)
     if w.gather_n == 0:
         if offset != 0:
-            rx_reassemble(w, h.src_peer, src_slot, h.seq, total, offset, chunk, n, st)
+            rx_reassemble(w, h.src_peer, src_slot, msg, total, offset, chunk, n, st)
             return
         w.gather_src = h.src_peer
-        w.gather_seq = h.seq
+        w.gather_msg = msg
         w.gather_total = total
         w.gather_have = 0
         w.gather_slot = src_slot
@@ -600,32 +627,60 @@ cdef void rx_relay(Worker *w, uint8_t *p, size_t n, wf_header *h, uint64_t *st) 
     if slot < 0 or v.hop[slot] < 0:
         st[C_COUNT + WF_DROP_NO_ROUTE] += 1
         return
-    if not out_has_room(o, 1, 0):
-        out_flush(o, w.udp_fd, &st[C_UDP_TX_DATAGRAMS], &st[C_UDP_TX_BYTES],
-                  &st[C_COUNT + WF_DROP_UDP_SEND])
+    if not out_has_room(o, 2, 0):
+        out_flush(o, w.udp_fd, st)
     p[5] = h.hops + 1
-    m = out_new_msg(o, v.hop[slot], 1)
+    m = out_new_msg(o, v.hop[slot], 2)   # the datagram and, when sent, its new trailer
     msg_append(o, m, p, n)
     st[C_RELAYED_DATAGRAMS] += 1
 
 
+cdef int rx_open(Worker *w, uint8_t *p, size_t n, wf_header *h) noexcept nogil:
+    """Authenticates a datagram and opens it in place. Returns the peer slot of
+    the key (the neighbour that sealed it), or -1 - the drop reason."""
+    cdef unsigned slot = (h.key_id >> 2) & (MAX_PEERS - 1), k = h.key_id & 3
+    cdef wf_replay *r
+    cdef bint fresh
+    if n < WF_HEADER_LEN + WF_TRAILER_LEN:
+        return -1 - WF_DROP_SHORT
+    if h.key_id == 0 or k >= RX_KEYS or slot >= w.rx_view.count or w.open_ids[slot][k] != h.key_id:
+        return -1 - WF_DROP_UNKNOWN_KEY
+    r = &w.sh.peers[slot].replay[k]
+    wf_replay_lock(r)
+    fresh = wf_replay_fresh(r, h.counter)
+    wf_replay_unlock(r)
+    if not fresh:
+        return -1 - WF_DROP_REPLAYED
+    if wf_aead_open(&w.opens[slot][k], h.counter, p, WF_HEADER_LEN, p + WF_HEADER_LEN,
+                    n - WF_HEADER_LEN - WF_TRAILER_LEN):
+        return -1 - WF_DROP_BAD_TAG
+    if not wf_replay_accept(r, h.key_id, h.counter):   # a copy opened by another thread meanwhile
+        return -1 - WF_DROP_REPLAYED
+    return slot
+
+
 cdef void rx_datagram(Worker *w, uint8_t *p, size_t n, unsigned name, uint64_t *st) noexcept nogil:
     cdef wf_header h
-    cdef int err, src_slot
+    cdef int err, src_slot, key_slot
     cdef unsigned count
-    cdef uint32_t total, offset
+    cdef uint32_t msg, total, offset
     cdef uint32_t local = w.sh.local_peer
     err = wf_get_header(p, n, &h)
     if err:
         st[C_COUNT + err] += 1
         return
+    key_slot = rx_open(w, p, n, &h)
+    if key_slot < 0:
+        st[C_COUNT - 1 - key_slot] += 1
+        return
+    n -= WF_TRAILER_LEN
     if h.type == WF_TYPE_CONTROL:
         st[C_CONTROL_RX] += 1
         if w.nrx_control == RX_CONTROL_MAX:
             rx_apply(w)
         w.rx_control[w.nrx_control].data = p + WF_HEADER_LEN
         w.rx_control[w.nrx_control].len = n - WF_HEADER_LEN
-        w.rx_control[w.nrx_control].src = h.src_peer
+        w.rx_control[w.nrx_control].src = w.rx_view.ids[key_slot]   # who sealed it, not who it claims
         w.rx_control[w.nrx_control].name = name
         w.nrx_control += 1
         return
@@ -643,11 +698,11 @@ cdef void rx_datagram(Worker *w, uint8_t *p, size_t n, unsigned name, uint64_t *
             return
         rx_deliver(w, p + WF_HEADER_LEN, n - WF_HEADER_LEN, h.src_peer, src_slot, st)
         return
-    err = wf_check_fragment(p + WF_HEADER_LEN, n - WF_HEADER_LEN, &total, &offset)
+    err = wf_check_fragment(p + WF_HEADER_LEN, n - WF_HEADER_LEN, &msg, &total, &offset)
     if err:
         st[C_COUNT + err] += 1
         return
-    rx_fragment(w, &h, src_slot, total, offset, p + HDR_BLOCK, n - HDR_BLOCK, st)
+    rx_fragment(w, &h, src_slot, msg, total, offset, p + HDR_BLOCK, n - HDR_BLOCK, st)
 
 
 cdef inline size_t parse_rx_cmsgs(msghdr *mh, size_t n, uint32_t *overflows) noexcept nogil:
@@ -689,7 +744,11 @@ cdef unsigned rx_batch(Worker *w) noexcept nogil:
     if n <= 0:
         return 0
     memset(st, 0, sizeof(st))
-    view_sync(sh, &w.rx_view, w.relay_out, False)
+    if w.rx_view.generation != wf_load_acquire(&sh.generation):
+        pthread_mutex_lock(&sh.lock)
+        view_refresh(sh, &w.rx_view, w.relay_out)
+        opener_refresh(sh, w)
+        pthread_mutex_unlock(&sh.lock)
     for i in range(<unsigned>n):
         mh = &w.rx_msgs[i].msg_hdr
         buf = arena_slot(&w.rx_arena, i)
@@ -704,8 +763,7 @@ cdef unsigned rx_batch(Worker *w) noexcept nogil:
             if off >= len:
                 break
     if w.relay_out.nmsgs:
-        out_flush(w.relay_out, w.udp_fd, &st[C_UDP_TX_DATAGRAMS], &st[C_UDP_TX_BYTES],
-                  &st[C_COUNT + WF_DROP_UDP_SEND])
+        out_flush(w.relay_out, w.udp_fd, st)
     if w.gather_n:
         rx_gather_spill(w, st)   # the receive buffers are about to be reused
     rx_uso_flush(w, st)
@@ -789,6 +847,8 @@ cdef class Engine:
     cdef int nworkers
     cdef int family
     cdef bint started
+    cdef Out *control_out          # CONTROL datagrams sent from Python (under the GIL)
+    cdef uint64_t control_stats[N_STATS]
 
     def __cinit__(self, uint32_t local_peer, workers, unsigned max_payload, int family,
                   bint udp_gso=False, unsigned fdb_capacity=8192, unsigned fdb_max_age=300,
@@ -797,8 +857,8 @@ cdef class Engine:
             raise ValueError("peer id 0 is reserved for the local side")
         if not 1 <= batch <= MAX_BATCH:
             raise ValueError(f"batch {batch} is not in 1..{MAX_BATCH}")
-        if not HDR_BLOCK + WF_RECORD_HDR_LEN + WF_ETH_HLEN <= max_payload <= 65507:
-            raise ValueError(f"max_payload {max_payload} is not in 50..65507")
+        if not HDR_BLOCK + WF_TRAILER_LEN + WF_RECORD_HDR_LEN + WF_ETH_HLEN <= max_payload <= 65507:
+            raise ValueError(f"max_payload {max_payload} is not in 70..65507")
         if not 1 <= len(workers) <= MAX_WORKERS:
             raise ValueError(f"1 to {MAX_WORKERS} workers, got {len(workers)}")
         self.family = family
@@ -815,6 +875,9 @@ cdef class Engine:
         self.sh.batch = batch
         self.sh.uso = tap_uso
         self.sh.generation = 1
+        self.control_out = out_alloc(0)
+        if self.control_out == NULL:
+            raise MemoryError()
         self.sh.stop_efd = check_errno(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd")
         self.sh.control_efd = check_errno(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd")
         for tap_fd, udp_fd, tx_fd in workers:
@@ -831,9 +894,9 @@ cdef class Engine:
         w.tap_fd = tap_fd
         w.udp_fd = udp_fd
         w.tx_fd = tx_fd
-        w.tx_seq = <uint64_t>self.nworkers << 56
-        w.tx_out = out_alloc()
-        w.relay_out = out_alloc()
+        w.tx_msg = <uint32_t>self.nworkers << 24
+        w.tx_out = out_alloc(self.nworkers)
+        w.relay_out = out_alloc(self.nworkers)
         if (arena_init(&w.tx_arena, batch) or arena_init(&w.rx_arena, batch)
                 or w.tx_out == NULL or w.relay_out == NULL
                 or wf_reasm_init(&w.reasm, REASM_SLOTS)):
@@ -845,7 +908,9 @@ cdef class Engine:
         self._stop_threads()
         for i in range(self.nworkers):
             free_worker(self.workers[i])
+        out_free(self.control_out)
         if self.sh != NULL:
+            OPENSSL_cleanse(self.sh.peers, sizeof(self.sh.peers))
             wf_fdb_free(&self.sh.fdb)
             for fd in (self.sh.stop_efd, self.sh.control_efd):
                 if fd >= 0:
@@ -924,11 +989,11 @@ cdef class Engine:
                 else:
                     raise OverflowError(f"at most {MAX_PEERS} peers")
                 p = &self.sh.peers[s]
-                memset(p, 0, sizeof(Peer))
+                OPENSSL_cleanse(p, sizeof(Peer))
                 p.id = peer_id
                 p.used = p.up = 1
                 p.via = -1
-                wf_put_plain_header(p.template, WF_TYPE_FRAMES, self.sh.local_peer, peer_id, 0)
+                wf_put_plain_header(p.template, WF_TYPE_FRAMES, self.sh.local_peer, peer_id)
                 self.sh.peer_count = max(self.sh.peer_count, <unsigned>s + 1)
             p = &self.sh.peers[s]
             memcpy(&p.addr, &ss, n)
@@ -956,6 +1021,9 @@ cdef class Engine:
         try:
             s = self._slot_or_raise(peer_id)
             self.sh.peers[s].used = 0
+            self.sh.peers[s].tx_key_id = 0
+            for k in range(RX_KEYS):
+                self._drop_rx_key(s, k)
             for r in range(self.sh.peer_count):
                 if self.sh.peers[r].via == s:
                     self.sh.peers[r].via = -1
@@ -969,6 +1037,87 @@ cdef class Engine:
         try:
             s = self._slot_or_raise(peer_id)
             self.sh.peers[s].up = up
+            self._changed()
+        finally:
+            pthread_mutex_unlock(&self.sh.lock)
+
+    # --- session keys (from the control plane's handshake) ---
+
+    def install_rx_key(self, uint32_t peer_id, int cipher, bytes key):
+        """Accepts datagrams from the peer sealed with `key` (a token for
+        CIPHER_NONE) beside the keys it has already; returns the key id the
+        peer must put in them. The oldest of RX_KEYS keys makes room."""
+        cdef wf_aead check
+        cdef RxKey *rx
+        cdef int s
+        cdef unsigned i, k
+        memset(&check, 0, sizeof(check))
+        load_key(&check, cipher, key, 0)   # refuses a bad cipher or length before anything changes
+        wf_aead_clear(&check)
+        pthread_mutex_lock(&self.sh.lock)
+        try:
+            s = self._slot_or_raise(peer_id)
+            rx = self.sh.peers[s].rx
+            k = 0
+            for i in range(1, RX_KEYS):   # a free place, else the oldest key's
+                if (rx[i].key_id != 0, rx[i].gen) < (rx[k].key_id != 0, rx[k].gen):
+                    k = i
+            self.sh.key_epoch = self.sh.key_epoch % 63 + 1   # never 0, so no key id is 0
+            key_id = self.sh.key_epoch << 10 | s << 2 | k
+            self.sh.key_gen += 1
+            rx[k].key_id = key_id
+            rx[k].cipher = cipher
+            rx[k].gen = self.sh.key_gen
+            memcpy(rx[k].key, <const uint8_t *>key, len(key))
+            wf_replay_lock(&self.sh.peers[s].replay[k])
+            wf_replay_reset(&self.sh.peers[s].replay[k], key_id)
+            wf_replay_unlock(&self.sh.peers[s].replay[k])
+            self._changed()
+            return key_id
+        finally:
+            pthread_mutex_unlock(&self.sh.lock)
+
+    def remove_rx_key(self, int key_id):
+        """Stops accepting a key (once its overlap is over); False if it was gone."""
+        cdef unsigned s = (key_id >> 2) & (MAX_PEERS - 1), k = key_id & 3
+        pthread_mutex_lock(&self.sh.lock)
+        try:
+            if key_id <= 0 or k >= RX_KEYS or s >= self.sh.peer_count \
+                    or self.sh.peers[s].rx[k].key_id != key_id:
+                return False
+            self._drop_rx_key(s, k)
+            self._changed()
+            return True
+        finally:
+            pthread_mutex_unlock(&self.sh.lock)
+
+    cdef void _drop_rx_key(self, unsigned s, unsigned k):
+        cdef RxKey *rk = &self.sh.peers[s].rx[k]
+        wf_replay_lock(&self.sh.peers[s].replay[k])
+        self.sh.peers[s].replay[k].key_id = 0
+        wf_replay_unlock(&self.sh.peers[s].replay[k])
+        OPENSSL_cleanse(rk, sizeof(RxKey))
+
+    def set_tx_key(self, uint32_t peer_id, int key_id, int cipher, bytes key):
+        """Seals everything sent to the peer with `key` from now on, under the
+        id the peer gave it."""
+        cdef wf_aead check
+        cdef Peer *p
+        if not 0 < key_id < 65536:
+            raise ValueError(f"key id {key_id} is not in 1..65535")
+        memset(&check, 0, sizeof(check))
+        load_key(&check, cipher, key, 1)
+        wf_aead_clear(&check)
+        pthread_mutex_lock(&self.sh.lock)
+        try:
+            s = self._slot_or_raise(peer_id)
+            p = &self.sh.peers[s]
+            self.sh.key_gen += 1
+            p.tx_key_id = key_id
+            p.tx_cipher = cipher
+            p.tx_gen = self.sh.key_gen
+            OPENSSL_cleanse(p.tx_key, WF_KEY_LEN)
+            memcpy(p.tx_key, <const uint8_t *>key, len(key))
             self._changed()
         finally:
             pthread_mutex_unlock(&self.sh.lock)
@@ -999,7 +1148,7 @@ cdef class Engine:
                 for i in range(self.nworkers)]
 
     cdef list _sum_stats(self, int first=0, int last=-1):
-        totals = [0] * N_STATS
+        totals = [self.control_stats[k] if first == 0 else 0 for k in range(N_STATS)]
         cdef Worker *w
         for i in range(first, self.nworkers if last < 0 else last):
             w = self.workers[i]
@@ -1015,6 +1164,7 @@ cdef class Engine:
                 result[self.sh.peers[s].id] = {
                     name: wf_load(&self.sh.peers[s].stats[k])
                     for k, name in enumerate(PEER_COUNTER_NAMES)}
+                result[self.sh.peers[s].id]["tx_counter"] = wf_load(&self.sh.peers[s].tx_counter)
         pthread_mutex_unlock(&self.sh.lock)
         return result
 
@@ -1062,39 +1212,50 @@ cdef class Engine:
         pthread_mutex_unlock(&self.sh.lock)
         return result
 
-    def send_control(self, bytes payload, uint32_t peer_id=0, addr=None):
-        """Sends a CONTROL datagram to a peer (its current address) or to addr=(host, port)."""
-        cdef sockaddr_storage ss
-        cdef socklen_t n
-        cdef ssize_t r
-        if addr is not None:
-            make_sockaddr(self.family, addr[0], addr[1], &ss, &n)
-        else:
-            pthread_mutex_lock(&self.sh.lock)
-            s = self._slot(peer_id)
-            if s >= 0:
-                memcpy(&ss, &self.sh.peers[s].addr, self.sh.peers[s].addrlen)
-                n = self.sh.peers[s].addrlen
-            pthread_mutex_unlock(&self.sh.lock)
-            if s < 0:
-                raise KeyError(f"no peer with id {peer_id}")
-        datagram = bytearray(WF_HEADER_LEN) + payload
-        cdef uint8_t *buf = datagram
-        wf_put_plain_header(buf, WF_TYPE_CONTROL, self.sh.local_peer, peer_id, 0)
-        cdef size_t size = len(datagram)
+    def send_control(self, bytes payload, uint32_t peer_id):
+        """Sends a CONTROL datagram to a peer, sealed like every other datagram.
+        Raises KeyError for an unknown peer, ConnectionError before its session."""
+        cdef Out *o = self.control_out
+        cdef unsigned m
+        cdef int s, err
+        cdef uint8_t *h
+        if len(payload) > CTRL_MAX:
+            raise ValueError(f"control payload of {len(payload)} bytes exceeds {CTRL_MAX}")
+        pthread_mutex_lock(&self.sh.lock)
+        s = self._slot(peer_id)
+        if s >= 0:
+            out_refresh(self.sh, o)
+        pthread_mutex_unlock(&self.sh.lock)
+        if s < 0:
+            raise KeyError(f"no peer with id {peer_id}")
+        if not o.key_ids[s]:
+            raise ConnectionError(f"no session with peer {peer_id} yet")
+        h = o.hdrs[0]
+        o.nhdrs = 1
+        wf_put_plain_header(h, WF_TYPE_CONTROL, self.sh.local_peer, peer_id)
+        m = out_new_msg(o, s, 3)
+        msg_append(o, m, h, WF_HEADER_LEN)
+        msg_append(o, m, <uint8_t *>payload, len(payload))
         cdef int fd = self.workers[0].udp_fd
+        cdef uint64_t *st = self.control_stats
+        cdef uint64_t failed = st[C_COUNT + WF_DROP_UDP_SEND]
         with nogil:
-            r = sendto(fd, buf, size, 0, <sockaddr *>&ss, n)
-        check_errno(r, "send control datagram")
+            err = out_flush(o, fd, st)
+        if st[C_COUNT + WF_DROP_UDP_SEND] != failed:
+            raise os_error(err, "send control datagram")
 
 
 cdef void free_worker(Worker *w) noexcept nogil:
+    cdef unsigned s, k
     if w == NULL:
         return
     arena_free(&w.tx_arena)
     arena_free(&w.rx_arena)
-    free(w.tx_out)
-    free(w.relay_out)
+    out_free(w.tx_out)
+    out_free(w.relay_out)
+    for s in range(MAX_PEERS):
+        for k in range(RX_KEYS):
+            wf_aead_clear(&w.opens[s][k])
     wf_reasm_free(&w.reasm)
     pthread_mutex_destroy(&w.tx_lock)
     free(w)

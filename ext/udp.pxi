@@ -2,24 +2,37 @@
 # frames grouped per destination peer, small frames packed into one datagram,
 # super-frames split into FRAGMENT datagrams sent with UDP GSO — and hands the
 # whole vector to sendmmsg. Datagram payloads are gathered with iovecs that
-# point into the packet arena: frames are never copied on the way out.
+# point into the packet arena.
+#
+# Sending is the crypto pipeline, in order for each message of the vector:
+#   1. nonce assignment: counters for all its datagrams from the next hop's
+#      key (one atomic add per message, so threads sharing a key never reuse one);
+#   2. seal: each datagram on its own (a GSO message's segments each get their
+#      own tag), out of place into the Out's seal buffer — without a secret
+#      nothing is copied and the trailer iovec points at the session token;
+#   3. send: sendmmsg of what is ready, whenever the seal buffer is full and at
+#      the end.
 
 cdef enum:
     MAX_PEERS = 256
     OUT_MSGS = 512
     OUT_IOVS = 16384
     OUT_HDRS = 4096
-    HDR_BLOCK = 32             # datagram header + fragment header
-    IOV_PER_PACKED = 64        # header + up to MAX_RECORDS (63) records per packed datagram
+    HDR_BLOCK = 36             # datagram header + fragment header
+    IOV_PER_PACKED = 65        # header + up to MAX_RECORDS (63) records + trailer
+    IOV_PER_SEGMENT = 3        # of a FRAGMENT datagram: header block, chunk, trailer
     GSO_MAX_SEGMENTS = 64
     GSO_MAX_BYTES = 65000      # below the 65507-byte UDP limit, with IPv6 margin
-    CMSG_BUF = 64               # room for UDP_GRO and SO_RXQ_OVFL on receive
+    CMSG_BUF = 64              # room for UDP_GRO and SO_RXQ_OVFL on receive
+    SEAL_BUF = 1 << 19         # sealed bytes handed to one sendmmsg
 
 
 cdef struct Out:
     mmsghdr msgs[OUT_MSGS]
-    unsigned sizes[OUT_MSGS]          # payload bytes of each datagram (all GSO segments)
+    unsigned sizes[OUT_MSGS]          # UDP payload bytes of each message (all GSO segments)
     unsigned segments[OUT_MSGS]       # datagrams on the wire for each message
+    int hops[OUT_MSGS]                # peer slot it goes to: whose key seals it
+    bint trail[OUT_MSGS]              # one datagram whose trailer is added when sent
     uint8_t cmsgs[OUT_MSGS][CMSG_BUF]
     unsigned nmsgs
     iovec iovs[OUT_IOVS]
@@ -27,15 +40,22 @@ cdef struct Out:
     uint8_t hdrs[OUT_HDRS][HDR_BLOCK]
     unsigned nhdrs
     int open_msg[MAX_PEERS]           # packed datagram being filled per destination, -1 none
-    sockaddr_storage names[MAX_PEERS] # next-hop addresses, copied when the batch starts
+    # Per next hop, copied from the peer table when the thread's view refreshes:
+    sockaddr_storage names[MAX_PEERS]
     socklen_t namelens[MAX_PEERS]
+    uint16_t key_ids[MAX_PEERS]       # the hop's index of our key; 0 = no session yet
+    uint64_t *counters[MAX_PEERS]     # the peer table's counter of that key
+    wf_aead seal[MAX_PEERS]
+    uint8_t lane                      # this worker's index, for the receiver's steering
+    iovec sealed[OUT_MSGS]
+    uint8_t *seal_buf
 
 
 cdef struct Emitter:
     Out *out
-    unsigned max_payload   # UDP payload bytes per datagram on the underlay
+    unsigned max_payload   # UDP payload bytes per datagram on the underlay, trailer included
     int gso                # UDP_SEGMENT usable
-    uint64_t seq           # next message sequence number
+    uint32_t msg           # next FRAGMENT message id
 
 
 cdef void out_reset(Out *o) noexcept nogil:
@@ -45,11 +65,27 @@ cdef void out_reset(Out *o) noexcept nogil:
     memset(o.open_msg, 0xff, sizeof(o.open_msg))
 
 
-cdef Out *out_alloc() noexcept nogil:
+cdef Out *out_alloc(uint8_t lane) noexcept nogil:
     cdef Out *o = <Out *>calloc(1, sizeof(Out))
-    if o != NULL:
-        out_reset(o)
+    if o == NULL:
+        return NULL
+    o.seal_buf = <uint8_t *>malloc(SEAL_BUF)
+    if o.seal_buf == NULL:
+        free(o)
+        return NULL
+    o.lane = lane
+    out_reset(o)
     return o
+
+
+cdef void out_free(Out *o) noexcept nogil:
+    cdef unsigned s
+    if o == NULL:
+        return
+    for s in range(MAX_PEERS):
+        wf_aead_clear(&o.seal[s])
+    free(o.seal_buf)
+    free(o)
 
 
 cdef inline bint out_has_room(Out *o, unsigned iovs, unsigned hdrs) noexcept nogil:
@@ -70,15 +106,16 @@ cdef inline unsigned out_new_msg(Out *o, int hop, unsigned iov_reserve) noexcept
     o.niovs += iov_reserve
     o.sizes[m] = 0
     o.segments[m] = 1
+    o.hops[m] = hop
+    o.trail[m] = True
     return m
 
 
-cdef inline uint8_t *out_header(Out *o, const uint8_t *template, uint64_t seq) noexcept nogil:
-    """A datagram header block from the peer's precomputed template, seq patched in."""
+cdef inline uint8_t *out_header(Out *o, const uint8_t *template) noexcept nogil:
+    """A datagram header block from the peer's precomputed template."""
     cdef uint8_t *h = o.hdrs[o.nhdrs]
     o.nhdrs += 1
     memcpy(h, template, WF_HEADER_LEN)
-    wf_put64(h + 16, seq)
     return h
 
 
@@ -92,23 +129,22 @@ cdef inline void msg_append(Out *o, unsigned m, void *base, size_t n) noexcept n
 
 # Returns 0 when the record was queued, 1 when the Out is full and must be
 # flushed first (nothing was queued). `dst` indexes the peer's template and
-# open datagram; `hop` the address it is sent to (itself, or a relay).
+# open datagram; `hop` the peer it is sent to (itself, or a relay).
 cdef int emit_record(Emitter *e, int dst, int hop, const uint8_t *template,
                      uint8_t *rec, unsigned n) noexcept nogil:
     cdef Out *o = e.out
     cdef int m
-    if WF_HEADER_LEN + n > e.max_payload:
+    if WF_HEADER_LEN + n + WF_TRAILER_LEN > e.max_payload:
         # Later records must not overtake this one in the open datagram.
         o.open_msg[dst] = -1
         return emit_fragmented(e, hop, template, rec, n)
     m = o.open_msg[dst]
-    if (m < 0 or o.sizes[m] + n > e.max_payload
-            or o.msgs[m].msg_hdr.msg_iovlen == IOV_PER_PACKED):
+    if (m < 0 or o.sizes[m] + n + WF_TRAILER_LEN > e.max_payload
+            or o.msgs[m].msg_hdr.msg_iovlen == IOV_PER_PACKED - 1):
         if not out_has_room(o, IOV_PER_PACKED, 1):
             return 1
         m = out_new_msg(o, hop, IOV_PER_PACKED)
-        msg_append(o, m, out_header(o, template, e.seq), WF_HEADER_LEN)
-        e.seq += 1
+        msg_append(o, m, out_header(o, template), WF_HEADER_LEN)
         o.open_msg[dst] = m
     msg_append(o, m, rec, n)
     return 0
@@ -117,27 +153,30 @@ cdef int emit_record(Emitter *e, int dst, int hop, const uint8_t *template,
 cdef int emit_fragmented(Emitter *e, int hop, const uint8_t *template,
                          uint8_t *rec, unsigned total) noexcept nogil:
     cdef Out *o = e.out
-    cdef unsigned chunk = e.max_payload - HDR_BLOCK
+    cdef unsigned chunk = e.max_payload - HDR_BLOCK - WF_TRAILER_LEN
     cdef unsigned nfrag = (total + chunk - 1) // chunk
     cdef unsigned per_msg = 1, segs, s, m, off = 0, clen
     cdef uint8_t *h
     cdef cmsghdr *c
     if e.gso:
-        per_msg = min(<unsigned>GSO_MAX_SEGMENTS, GSO_MAX_BYTES // (chunk + HDR_BLOCK))
-    if not out_has_room(o, 2 * nfrag + (nfrag // per_msg + 1), nfrag) \
+        per_msg = min(<unsigned>GSO_MAX_SEGMENTS, GSO_MAX_BYTES // e.max_payload)
+    if not out_has_room(o, IOV_PER_SEGMENT * nfrag, nfrag) \
             or o.nmsgs + nfrag // per_msg + 1 > OUT_MSGS:
         return 1
     while off < total:
         segs = min(per_msg, (total - off + chunk - 1) // chunk)
-        m = out_new_msg(o, hop, 2 * segs)
+        m = out_new_msg(o, hop, IOV_PER_SEGMENT * segs)
+        o.trail[m] = False
         for s in range(segs):
             clen = min(chunk, total - off)
-            h = out_header(o, template, e.seq)
+            h = out_header(o, template)
             h[3] = WF_TYPE_FRAGMENT
-            wf_put32(h + WF_HEADER_LEN, total)
-            wf_put32(h + WF_HEADER_LEN + 4, off)
+            wf_put32(h + WF_HEADER_LEN, e.msg)
+            wf_put32(h + WF_HEADER_LEN + 4, total)
+            wf_put32(h + WF_HEADER_LEN + 8, off)
             msg_append(o, m, h, HDR_BLOCK)
             msg_append(o, m, rec + off, clen)
+            msg_append(o, m, NULL, WF_TRAILER_LEN)   # filled in when sent
             off += clen
         if segs > 1:
             o.msgs[m].msg_hdr.msg_control = o.cmsgs[m]
@@ -146,34 +185,115 @@ cdef int emit_fragmented(Emitter *e, int hop, const uint8_t *template,
             c.cmsg_level = SOL_UDP
             c.cmsg_type = UDP_SEGMENT
             c.cmsg_len = wf_cmsg_len(sizeof(uint16_t))
-            (<uint16_t *>wf_cmsg_data(c))[0] = chunk + HDR_BLOCK
+            (<uint16_t *>wf_cmsg_data(c))[0] = e.max_payload
             o.segments[m] = segs
-    e.seq += 1
+    e.msg += 1
     return 0
 
 
-# Sends every queued datagram. Handles what was sent first, then the error:
-# a failed message is dropped and counted, the rest still go out. Returns the
-# errno of the last failure (EIO from a GSO send means no checksum offload on
-# the egress device: the caller turns GSO off).
-cdef int out_flush(Out *o, int fd, uint64_t *datagrams, uint64_t *nbytes,
-                   uint64_t *failed) noexcept nogil:
-    cdef unsigned sent = 0, i
+cdef long seal_segment(wf_aead *a, uint64_t counter, iovec *iov, unsigned n,
+                       uint8_t *out) noexcept nogil:
+    """Seals one datagram gathered from iov[0..n) (iov[0] starts with the
+    header; the trailer is not among them) into out; returns its length."""
+    cdef iovec body[IOV_PER_PACKED]
+    cdef uint8_t *h = <uint8_t *>iov[0].iov_base
+    cdef unsigned i, k = 0
+    cdef long r
+    memcpy(out, h, WF_HEADER_LEN)
+    if iov[0].iov_len > WF_HEADER_LEN:
+        body[0].iov_base = h + WF_HEADER_LEN
+        body[0].iov_len = iov[0].iov_len - WF_HEADER_LEN
+        k = 1
+    for i in range(1, n):
+        body[k] = iov[i]
+        k += 1
+    r = wf_aead_seal(a, counter, h, WF_HEADER_LEN, body, k, out + WF_HEADER_LEN)
+    return -1 if r < 0 else r + WF_HEADER_LEN
+
+
+cdef long out_seal(Out *o, unsigned m, uint8_t *buf, size_t room) noexcept nogil:
+    """Steps 1 and 2 for message m. Returns the seal-buffer bytes it used, -1
+    when it cannot be sent (no session with the hop), -2 when it does not fit
+    in `room` (nothing was done)."""
+    cdef msghdr *mh = &o.msgs[m].msg_hdr
+    cdef int hop = o.hops[m]
+    cdef wf_aead *a = &o.seal[hop]
+    cdef unsigned segs = o.segments[m], s, per, first
+    cdef uint64_t counter
+    cdef long r
+    cdef size_t used = 0
+    if o.key_ids[hop] == 0:
+        return -1
+    if o.trail[m]:   # a packed or relayed datagram: its trailer goes last
+        msg_append(o, m, NULL, WF_TRAILER_LEN)
+        o.trail[m] = False
+    per = mh.msg_iovlen if segs == 1 else IOV_PER_SEGMENT
+    if a.cipher != WF_CIPHER_NONE and o.sizes[m] > room:
+        return -2
+    counter = wf_take(o.counters[hop], segs)
+    for s in range(segs):
+        first = s * per
+        wf_patch_header(<uint8_t *>mh.msg_iov[first].iov_base, o.lane, o.key_ids[hop], counter + s)
+        if a.cipher == WF_CIPHER_NONE:
+            mh.msg_iov[first + per - 1].iov_base = a.token
+            continue
+        r = seal_segment(a, counter + s, &mh.msg_iov[first], per - 1, buf + used)
+        if r < 0:
+            return -1
+        used += r
+    if a.cipher != WF_CIPHER_NONE:
+        o.sealed[m].iov_base = buf
+        o.sealed[m].iov_len = used
+        mh.msg_iov = &o.sealed[m]
+        mh.msg_iovlen = 1
+    return used
+
+
+cdef int out_send(Out *o, int fd, unsigned first, unsigned last, uint64_t *st) noexcept nogil:
+    """Step 3 for messages [first, last). A failed message is dropped and
+    counted, the rest still go out. Returns the errno of the last failure (EIO
+    from a GSO send: the egress device cannot checksum segments)."""
+    cdef unsigned sent = first, i
     cdef int r, last_err = 0
-    while sent < o.nmsgs:
-        r = sendmmsg(fd, &o.msgs[sent], o.nmsgs - sent, 0)
+    while sent < last:
+        r = sendmmsg(fd, &o.msgs[sent], last - sent, 0)
         if r > 0:
             for i in range(sent, sent + <unsigned>r):
-                datagrams[0] += o.segments[i]
-                nbytes[0] += o.sizes[i]
+                st[C_UDP_TX_DATAGRAMS] += o.segments[i]
+                st[C_UDP_TX_BYTES] += o.sizes[i]
             sent += r
             continue
         if errno == EINTR:
             continue
         last_err = errno
-        failed[0] += o.segments[sent]
+        st[C_COUNT + WF_DROP_UDP_SEND] += o.segments[sent]
         sent += 1
-    out_reset(o)
     return last_err
 
 
+cdef int out_flush(Out *o, int fd, uint64_t *st) noexcept nogil:
+    """Seals and sends every queued message, then empties the Out."""
+    cdef unsigned m, ready = 0, unsent = 0
+    cdef size_t used = 0
+    cdef long r
+    cdef int err, last_err = 0
+    for m in range(o.nmsgs):
+        r = out_seal(o, m, o.seal_buf + used, SEAL_BUF - used)
+        if r == -2:   # the seal buffer is full: send what it holds, then reuse it
+            err = out_send(o, fd, unsent, ready, st)
+            last_err = err or last_err
+            unsent = ready
+            used = 0
+            r = out_seal(o, m, o.seal_buf, SEAL_BUF)
+        if r < 0:
+            st[C_COUNT + WF_DROP_NO_SESSION] += o.segments[m]
+            continue
+        used += r
+        if ready != m:   # keep the messages to send contiguous for sendmmsg
+            o.msgs[ready] = o.msgs[m]
+            o.sizes[ready] = o.sizes[m]
+            o.segments[ready] = o.segments[m]
+        ready += 1
+    err = out_send(o, fd, unsent, ready, st)
+    out_reset(o)
+    return err or last_err

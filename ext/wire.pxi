@@ -13,13 +13,13 @@ TYPE_FRAGMENT = WF_TYPE_FRAGMENT
 TYPE_CONTROL = WF_TYPE_CONTROL
 RFLAG_VNET = WF_RFLAG_VNET
 MAX_HOPS = WF_MAX_HOPS
-
-# Index = enum wf_drop value.
-DROP_REASONS = ("ok", "short", "bad_magic", "bad_version", "bad_type", "bad_length",
-                "bad_fragment", "unknown_peer", "hop_limit", "hairpin", "no_peer",
-                "no_route", "reassembly", "tap_write", "udp_send", "control_queue",
-                "oversize")
-
+TRAILER_LEN = WF_TRAILER_LEN
+KEY_LEN = WF_KEY_LEN
+TOKEN_LEN = WF_TOKEN_LEN
+CIPHER_NONE = WF_CIPHER_NONE
+CIPHER_AES_256_GCM = WF_CIPHER_AES_256_GCM
+CIPHER_CHACHA20_POLY1305 = WF_CIPHER_CHACHA20_POLY1305
+REPLAY_WINDOW = WF_REPLAY_WINDOW
 
 class MalformedDatagram(ValueError):
     """A datagram or frame that cannot be forwarded; `reason` names the drop counter."""
@@ -29,38 +29,40 @@ class MalformedDatagram(ValueError):
         self.reason = reason
 
 
-Datagram = namedtuple("Datagram", "type flags hops key_id src_peer dst_peer seq records fragment control")
+Datagram = namedtuple("Datagram", "type lane hops key_id src_peer dst_peer counter records fragment control")
 
 
-def encode_header(int type, uint32_t src_peer, uint32_t dst_peer, uint64_t seq,
-                  int hops=0, int key_id=0, int flags=0):
+def encode_header(uint8_t type, uint32_t src_peer, uint32_t dst_peer, uint64_t counter,
+                  uint8_t hops=0, uint16_t key_id=0, uint8_t lane=0):
     cdef uint8_t buf[WF_HEADER_LEN]
     cdef wf_header h
     h.type = type
-    h.flags = flags
+    h.lane = lane
     h.hops = hops
     h.key_id = key_id
     h.src_peer = src_peer
     h.dst_peer = dst_peer
-    h.seq = seq
+    h.counter = counter
     wf_put_header(buf, &h)
     return bytes(buf[:WF_HEADER_LEN])
 
 
-def encode_datagrams(uint32_t src_peer, uint32_t dst_peer, uint64_t seq, records, unsigned max_payload):
-    """Packs records as the forwarding threads do, through the same emitter."""
-    if max_payload <= HDR_BLOCK:
+def encode_datagrams(uint32_t src_peer, uint32_t dst_peer, uint64_t counter, records,
+                     unsigned max_payload, uint32_t msg=0):
+    """Packs records as the forwarding threads do, through the same emitter;
+    returns the datagrams before sealing (no trailer)."""
+    if max_payload <= HDR_BLOCK + WF_TRAILER_LEN:
         raise ValueError(f"max_payload {max_payload} leaves no room for a fragment")
     cdef uint8_t template[WF_HEADER_LEN]
     cdef Emitter e
-    cdef Out *o = out_alloc()
+    cdef Out *o = out_alloc(0)
     if o == NULL:
         raise MemoryError()
-    wf_put_plain_header(template, WF_TYPE_FRAMES, src_peer, dst_peer, 0)
+    wf_put_plain_header(template, WF_TYPE_FRAMES, src_peer, dst_peer)
     e.out = o
     e.max_payload = max_payload
     e.gso = 0
-    e.seq = seq
+    e.msg = msg
     arena = bytearray()
     offsets = []
     for rflags, payload in records:
@@ -72,28 +74,31 @@ def encode_datagrams(uint32_t src_peer, uint32_t dst_peer, uint64_t seq, records
         for i, off in enumerate(offsets):
             n = len(records[i][1]) + WF_RECORD_HDR_LEN
             if emit_record(&e, 0, 0, template, base + <size_t>off, n):
-                out.extend(collect_datagrams(o))
+                out.extend(collect_datagrams(o, counter + len(out)))
                 emit_record(&e, 0, 0, template, base + <size_t>off, n)
-        out.extend(collect_datagrams(o))
+        out.extend(collect_datagrams(o, counter + len(out)))
     finally:
-        free(o)
+        out_free(o)
     return out
 
 
-cdef list collect_datagrams(Out *o):
-    """The datagrams an Out holds, as bytes (GSO messages split into segments)."""
-    cdef unsigned m, k
+cdef list collect_datagrams(Out *o, uint64_t counter):
+    """The datagrams an Out holds, as bytes, counters numbered from `counter`
+    (GSO messages split into segments; trailers not yet filled are left out)."""
+    cdef unsigned m, k, per
     cdef msghdr *mh
     result = []
     for m in range(o.nmsgs):
         mh = &o.msgs[m].msg_hdr
-        if o.segments[m] > 1:
-            for k in range(0, mh.msg_iovlen, 2):
-                result.append((<uint8_t *>mh.msg_iov[k].iov_base)[:mh.msg_iov[k].iov_len] +
-                              (<uint8_t *>mh.msg_iov[k + 1].iov_base)[:mh.msg_iov[k + 1].iov_len])
-        else:
+        per = IOV_PER_SEGMENT if o.segments[m] > 1 else mh.msg_iovlen
+        for first in range(0, mh.msg_iovlen, per):
+            if result and counter == 0:
+                raise OverflowError("the counter would wrap past 2**64 - 1 and repeat a nonce")
+            wf_patch_header(<uint8_t *>mh.msg_iov[first].iov_base, 0, 0, counter)
+            counter += 1
             result.append(b"".join((<uint8_t *>mh.msg_iov[k].iov_base)[:mh.msg_iov[k].iov_len]
-                                   for k in range(mh.msg_iovlen)))
+                                   for k in range(first, first + per)
+                                   if mh.msg_iov[k].iov_base != NULL))
     out_reset(o)
     return result
 
@@ -109,11 +114,12 @@ cdef list split_records(const uint8_t *p, size_t n):
 
 
 def decode_datagram(const uint8_t[:] data):
+    """Parses a datagram without its trailer (as open_datagram returns it)."""
     cdef wf_header h
     cdef size_t n = data.shape[0]
     cdef const uint8_t *p = &data[0] if n else NULL
     cdef unsigned count
-    cdef uint32_t total, offset
+    cdef uint32_t msg, total, offset
     cdef int err = wf_get_header(p, n, &h)
     if err:
         raise MalformedDatagram(DROP_REASONS[err])
@@ -125,14 +131,88 @@ def decode_datagram(const uint8_t[:] data):
             raise MalformedDatagram(DROP_REASONS[err])
         records = split_records(body, n - WF_HEADER_LEN)
     elif h.type == WF_TYPE_FRAGMENT:
-        err = wf_check_fragment(body, n - WF_HEADER_LEN, &total, &offset)
+        err = wf_check_fragment(body, n - WF_HEADER_LEN, &msg, &total, &offset)
         if err:
             raise MalformedDatagram(DROP_REASONS[err])
-        fragment = (total, offset, bytes(data[WF_HEADER_LEN + WF_FRAG_HDR_LEN:]))
+        fragment = (msg, total, offset, bytes(data[WF_HEADER_LEN + WF_FRAG_HDR_LEN:]))
     else:
         control = bytes(data[WF_HEADER_LEN:])
-    return Datagram(h.type, h.flags, h.hops, h.key_id, h.src_peer, h.dst_peer, h.seq,
+    return Datagram(h.type, h.lane, h.hops, h.key_id, h.src_peer, h.dst_peer, h.counter,
                     records, fragment, control)
+
+
+cdef int load_key(wf_aead *a, int cipher, bytes key, int encrypt) except -1:
+    cdef size_t want = WF_TOKEN_LEN if cipher == WF_CIPHER_NONE else WF_KEY_LEN
+    if cipher not in (WF_CIPHER_NONE, WF_CIPHER_AES_256_GCM, WF_CIPHER_CHACHA20_POLY1305):
+        raise ValueError(f"unknown cipher {cipher}")
+    if len(key) != want:
+        raise ValueError(f"a key of cipher {cipher} has {want} bytes, not {len(key)}")
+    if wf_aead_set_key(a, cipher, key, 1, encrypt):
+        wf_aead_clear(a)
+        raise RuntimeError("libcrypto refused the key")
+    return 0
+
+
+def seal_datagram(const uint8_t[:] datagram, int cipher, bytes key):
+    """The datagram as it goes on the wire: body sealed under the counter in
+    its header (or left clear with the token as its trailer for CIPHER_NONE)."""
+    cdef wf_aead a
+    cdef iovec body
+    cdef size_t n = datagram.shape[0]
+    if n < WF_HEADER_LEN:
+        raise MalformedDatagram("short")
+    memset(&a, 0, sizeof(a))
+    load_key(&a, cipher, key, 1)
+    out = bytearray(n + WF_TRAILER_LEN)
+    cdef uint8_t *o = out
+    memcpy(o, &datagram[0], WF_HEADER_LEN)
+    body.iov_base = <void *>&datagram[WF_HEADER_LEN] if n > WF_HEADER_LEN else NULL
+    body.iov_len = n - WF_HEADER_LEN
+    r = wf_aead_seal(&a, wf_get64(&datagram[16]), &datagram[0], WF_HEADER_LEN, &body, 1,
+                     o + WF_HEADER_LEN)
+    wf_aead_clear(&a)
+    if r < 0:
+        raise RuntimeError("libcrypto failed to seal")
+    return bytes(out)
+
+
+def open_datagram(const uint8_t[:] data, int cipher, bytes key):
+    """The datagram without its trailer, body opened; MalformedDatagram("bad_tag")
+    when it was not sealed with this key (or carries another token)."""
+    cdef wf_aead a
+    cdef size_t n = data.shape[0]
+    if n < WF_HEADER_LEN + WF_TRAILER_LEN:
+        raise MalformedDatagram("short")
+    memset(&a, 0, sizeof(a))
+    load_key(&a, cipher, key, 0)
+    buf = bytearray(data)
+    cdef uint8_t *p = buf
+    r = wf_aead_open(&a, wf_get64(p + 16), p, WF_HEADER_LEN, p + WF_HEADER_LEN,
+                     n - WF_HEADER_LEN - WF_TRAILER_LEN)
+    wf_aead_clear(&a)
+    if r:
+        raise MalformedDatagram("bad_tag")
+    return bytes(buf[:n - WF_TRAILER_LEN])
+
+
+cdef class ReplayWindow:
+    """The receive path's replay window (replay.h) for one key."""
+    cdef wf_replay r
+
+    def __cinit__(self):
+        wf_replay_reset(&self.r, 1)
+
+    def fresh(self, uint64_t counter):
+        """Whether a datagram with this counter may still be accepted."""
+        return bool(wf_replay_fresh(&self.r, counter))
+
+    def update(self, uint64_t counter):
+        """Marks the counter seen (after its tag verified); False: a replay."""
+        return bool(wf_replay_accept(&self.r, 1, counter))
+
+    @property
+    def top(self):
+        return self.r.top
 
 
 def uso_headers(const uint8_t[:] first_frame, size_t segment, size_t total):

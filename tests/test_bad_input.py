@@ -1,5 +1,6 @@
 """Garbage sent to a router's UDP port from the peer host is dropped, counted by
-reason in the status, and does not disturb the overlay."""
+reason in the status, and does not disturb the overlay. (Datagrams that would
+need a session key to be malformed inside are the unit tests' business.)"""
 import random
 import socket
 
@@ -21,7 +22,7 @@ def valid_datagram(src_peer, dst_peer, rng):
     frame = bytes.fromhex("ffffffffffff" "027766000001" "88b5") + rng.randbytes(100)
     [datagram] = reference.encode_datagrams(src_peer, dst_peer, rng.randrange(1 << 32),
                                             [(0, frame)], max_payload=1400)
-    return datagram
+    return reference.seal_datagram(datagram, reference.CIPHER_NONE, rng.randbytes(reference.TOKEN_LEN))
 
 
 def malformed_datagrams(src_peer, dst_peer):
@@ -39,13 +40,14 @@ def malformed_datagrams(src_peer, dst_peer):
     return {
         # an empty datagram is short input too
         "short": [b""] + [random_bytes(rng.randrange(1, reference.HEADER_LEN)) for _ in range(20)]
-                 + [valid()[:n] for n in (1, 2, 10, reference.HEADER_LEN - 1)],
+                 + [valid()[:n] for n in (1, 2, 10, reference.HEADER_LEN - 1, reference.HEADER_LEN,
+                                          reference.HEADER_LEN + reference.TRAILER_LEN - 1)],
         "bad_magic": [random_bytes(rng.randrange(reference.HEADER_LEN, 1400)) for _ in range(20)],
         "bad_version": [d[:2] + b"\x09" + d[3:] for d in (valid() for _ in range(5))],
         "bad_type": [d[:3] + b"\x09" + d[4:] for d in (valid() for _ in range(5))],
-        # cut inside the first record's header, inside its frame, or one byte short
-        "bad_length": [d[:n] for d in (valid() for _ in range(5))
-                       for n in (reference.HEADER_LEN + 2, reference.HEADER_LEN + 20, len(d) - 1)],
+        # well-formed but under no key this router gave out: key id 0, or made up
+        "unknown_key": [valid() for _ in range(5)]
+                       + [d[:6] + rng.randbytes(2) + d[8:] for d in (valid() for _ in range(10))],
     }
 
 

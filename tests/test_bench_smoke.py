@@ -28,7 +28,7 @@ def test_quick_bench_of_weavefast_reports_every_figure(tmp_path):
     if shutil.which("iperf3") is None:
         pytest.skip("needs iperf3: apt-get install iperf3")
     json_path, png_path = tmp_path / "bench.json", tmp_path / "bench.png"
-    proc = subprocess.Popen([sys.executable, "-m", "dataplane", "bench", "--quick", "--only", "weavefast",
+    proc = subprocess.Popen([sys.executable, "-m", "dataplane", "bench", "--quick", "--only", "weavefast,weavefast-sealed",
                              "--json", str(json_path), "--png", str(png_path)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -41,13 +41,15 @@ def test_quick_bench_of_weavefast_reports_every_figure(tmp_path):
     assert not any(left.values()), f"the bench left {left} behind"
 
     results = json.loads(json_path.read_text())
-    assert list(results["systems"]) == ["weavefast"] and not results["errors"]
-    figures = results["systems"]["weavefast"]
-    for key, label, *_ in bench.METRICS:
-        assert figures[key] > 0, f"{label}: {figures[key]!r}"
-        assert label in output  # the table shows it
-    assert figures["container_mtu"] == 1430
-    assert all(status["udp_rx_datagrams"] > 0 for status in figures["router_counters"].values())
+    assert list(results["systems"]) == ["weavefast", "weavefast-sealed"] and not results["errors"]
+    for system, cipher in (("weavefast", "none"), ("weavefast-sealed", "aes-256-gcm chacha20-poly1305")):
+        figures = results["systems"][system]
+        for key, label, *_ in bench.METRICS:
+            assert figures[key] > 0, f"{system} {label}: {figures[key]!r}"
+            assert label in output  # the table shows it
+        assert figures["container_mtu"] == 1414
+        assert figures["cipher"] in cipher.split()
+        assert all(status["udp_rx_datagrams"] > 0 for status in figures["router_counters"].values())
     if importlib.util.find_spec("matplotlib"):
         assert png_path.read_bytes().startswith(b"\x89PNG")
     else:

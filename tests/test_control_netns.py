@@ -195,12 +195,13 @@ def test_wrong_secret_and_version_mismatch_are_refused_with_clear_messages(mesh)
         try:
             me = protocol.Identity("future", 99, 6783, "00" * 8)
             with pytest.raises(protocol.HandshakeError) as refused:
-                await protocol.handshake(reader, writer, me, SECRET.encode(), True, versions=(2, 3))
+                await protocol.handshake(protocol.Channel(reader, writer), me, SECRET.encode(), True,
+                                         versions=(3, 4))
             return refused.value.reason
         finally:
             writer.close()
 
     reason = asyncio.run(newer_router())
-    assert reason == f"protocol version mismatch: future speaks version 2-3, {h1.netns} (peer id 1) speaks version 1"
-    mesh.wait_for(lambda: (f"protocol version mismatch: {h1.netns} speaks version 1, future (peer id 99) "
-                           "speaks version 2-3") in h1.router.output(), timeout=5, what="h1 logs the mismatch")
+    assert reason == f"protocol version mismatch: future speaks version 3-4, {h1.netns} (peer id 1) speaks version 2"
+    mesh.wait_for(lambda: (f"protocol version mismatch: {h1.netns} speaks version 2, future (peer id 99) "
+                           "speaks version 3-4") in h1.router.output(), timeout=5, what="h1 logs the mismatch")

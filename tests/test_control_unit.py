@@ -2,8 +2,9 @@
 one process talking over real loopback TCP and UDP sockets.
 
 FakeDataplane stands in for the facade (the real one needs root and a TAP):
-its CONTROL datagrams are real UDP datagrams with the real wire header; the
-forwarding levers (add_peer, set_route...) are recorded. tests/test_control_netns.py
+its CONTROL datagrams are real UDP datagrams with the real wire header, sealed
+and opened with the session keys through the pure-Python reference (replay
+window included); the forwarding levers (add_peer, set_route...) are recorded. tests/test_control_netns.py
 runs the same control plane on the real dataplane.
 """
 import argparse
@@ -11,15 +12,19 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import socket
 import time
+import urllib.error
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dataplane import reference
-from dataplane.control import ControlConfig, ControlPlane, cli, protocol
+from dataplane.engine import CIPHERS
+from dataplane.control import ControlConfig, ControlPlane, cli, messages, protocol
+from dataplane.control.errors import ProtocolError
 from dataplane.control.mesh import ESTABLISHED, FAILED, backoff_delay
 from dataplane.control.routing import next_hops
 from dataplane.control.status import StatusServer
@@ -38,6 +43,9 @@ class FakeDataplane:
         self.silent = False  # drop everything sent and received, like a dead data path
         self.blocked = set()  # peer ids whose datagrams are dropped both ways
         self.sent = self.received = 0
+        self.rx_keys = {}  # key id -> (peer id, cipher, key, replay window)
+        self.tx_keys = {}  # peer id -> (key id, cipher, key)
+        self.counter = 0
 
     def close(self):
         self.sock.close()
@@ -63,11 +71,27 @@ class FakeDataplane:
         assert via_peer is None or via_peer in self.peers
         self.peers[dst_peer]["via"] = via_peer
 
-    def send_control(self, payload, peer_id=0, addr=None):
+    def install_rx_key(self, peer_id, cipher, key):
+        key_id = len(self.rx_keys) + 1 + sum(1 for _ in self.tx_keys)
+        self.rx_keys[key_id] = (peer_id, CIPHERS[cipher], key, reference.ReplayWindow())
+        return key_id
+
+    def remove_rx_key(self, key_id):
+        return self.rx_keys.pop(key_id, None) is not None
+
+    def set_tx_key(self, peer_id, key_id, cipher, key):
+        self.tx_keys[peer_id] = (key_id, CIPHERS[cipher], key)
+
+    def send_control(self, payload, peer_id):
+        if peer_id not in self.tx_keys:
+            raise ConnectionError(f"no session with peer {peer_id} yet")
         if self.silent or peer_id in self.blocked:
             return
-        header = reference.encode_header(reference.TYPE_CONTROL, self.peer_id, peer_id, 0)
-        self.sock.sendto(header + payload, addr or self.peers[peer_id]["address"])
+        key_id, cipher, key = self.tx_keys[peer_id]
+        self.counter += 1
+        header = reference.encode_header(reference.TYPE_CONTROL, self.peer_id, peer_id, self.counter,
+                                         key_id=key_id)
+        self.sock.sendto(reference.seal_datagram(header + payload, cipher, key), self.peers[peer_id]["address"])
         self.sent += 1
 
     def recv_control(self):
@@ -75,10 +99,15 @@ class FakeDataplane:
         with contextlib.suppress(BlockingIOError):
             while True:
                 data, address = self.sock.recvfrom(2048)
-                datagram = reference.decode_datagram(data)
-                if not self.silent and datagram.src_peer not in self.blocked:
-                    messages.append((datagram.src_peer, address, datagram.control))
-                    self.received += 1
+                entry = self.rx_keys.get(int.from_bytes(data[6:8], "big"))
+                if entry is None or self.silent or entry[0] in self.blocked:
+                    continue
+                peer_id, cipher, key, window = entry
+                with contextlib.suppress(reference.MalformedDatagram):
+                    datagram = reference.decode_datagram(reference.open_datagram(data, cipher, key))
+                    if window.update(datagram.counter):
+                        messages.append((peer_id, address, datagram.control))
+                        self.received += 1
         return messages
 
     def counters(self):
@@ -174,11 +203,12 @@ def test_version_negotiation_picks_the_highest_common_version():
     assert protocol.negotiate_version((1, 1), (2, 3)) is None
 
 
-def test_heartbeats_only_verify_with_their_session_key():
-    ping = protocol.encode_heartbeat(b"k" * 32, protocol.PING, 7, 12.5)
-    assert protocol.decode_heartbeat(b"k" * 32, ping) == (protocol.PING, 7, 12.5)
-    assert protocol.decode_heartbeat(b"x" * 32, ping) is None
-    assert protocol.decode_heartbeat(b"k" * 32, ping[:-1] + bytes([ping[-1] ^ 1])) is None
+def test_heartbeats_decode_and_anything_else_is_refused():
+    ping = protocol.encode_heartbeat(protocol.PING, 7, 12.5)
+    assert protocol.decode_heartbeat(ping) == (protocol.PING, 7, 12.5)
+    assert protocol.decode_heartbeat(ping[:-1]) is None
+    assert protocol.decode_heartbeat(b"WFHX" + ping[4:]) is None
+    assert protocol.decode_heartbeat(ping[:4] + b"\x09" + ping[5:]) is None
 
 
 def test_backoff_doubles_up_to_the_cap():
@@ -220,6 +250,63 @@ def test_joining_through_one_peer_meets_the_whole_mesh():
     run(scenario())
 
 
+def test_announcements_travel_through_gossip_and_one_peers_would_refuse_stays_home(caplog):
+    ranges = {"10.32.0.0/12": [{"range": "10.32.1.0/24", "since": 1.5}]}
+
+    async def scenario():
+        a = Node("a", 1)
+        b, c = Node("b", 2, [a]), Node("c", 3, [a])
+        async with running(a, b, c):
+            b.cp.announce("ipam", ranges)
+            b.cp.announce("dns", [{"names": ["web"], "ip": "10.32.1.2", "subnet": "10.32.0.0/12"}])
+            await until(lambda: c.cp.announcements("ipam") == {"b": ranges}
+                        and c.cp.announcements("dns"), "b's ranges and names at c, through a")
+            a.cp.announce("dns", [{"names": ["web"], "ip": "not an address"}])
+            await asyncio.sleep(0.2)
+            assert set(c.cp.announcements("dns")) == {"b"}
+            assert all(n.state(o) == ESTABLISHED for n in (a, b) for o in ("c",))
+    run(scenario())
+    assert "not announced, other routers would refuse it: gossip announcement: dns: ip must be an " \
+        "IPv4 address, got 'not an address'" in caplog.text
+
+
+def announcement(**data):
+    return {"type": "gossip", "peers": [], "links": [],
+            "announced": [{"peer_id": 2, "name": "b", "version": 1, "data": data}]}
+
+
+@pytest.mark.parametrize("data, reason", [
+    ({"ipam": []}, "gossip announcement: ipam must be an object of at most 64 subnets"),
+    ({"ipam": {f"10.{i}.0.0/16": [] for i in range(65)}}, "at most 64 subnets"),
+    ({"ipam": {"10.32.0.0/33": []}}, "ipam: a subnet must be an IPv4 subnet in CIDR form, got '10.32.0.0/33'"),
+    ({"ipam": {"fd00::/64": []}}, "must be an IPv4 subnet in CIDR form, got 'fd00::/64'"),
+    ({"ipam": {"10.32.0.0/12": [{"range": "10.32.0.0/24"}] * 65}}, "list of at most 64 ranges"),
+    ({"ipam": {"10.32.0.0/12": [{"range": "10.64.0.0/24", "since": 0}]}},
+     "range '10.64.0.0/24' is not inside 10.32.0.0/12"),
+    ({"ipam": {"10.32.0.0/12": [{"range": "10.32.0.0/24"}]}}, "gossip announcement: ipam without 'since'"),
+    ({"ipam": {"10.32.0.0/12": [{"range": "10.32.0.0/24", "since": True}]}}, "since must be a time in seconds"),
+    ({"dns": {}}, "gossip announcement: dns must be a list of at most 4096 records"),
+    ({"dns": [{"names": ["a"], "ip": "10.0.0.1"}] * 4097}, "at most 4096 records"),
+    ({"dns": [{"names": [], "ip": "10.0.0.1"}]}, "names must be 1 to 16 names"),
+    ({"dns": [{"names": ["x" * 254], "ip": "10.0.0.1"}]}, "of at most 253 characters"),
+    ({"dns": [{"names": ["a"], "ip": "fd00::1"}]}, "dns: ip must be an IPv4 address, got 'fd00::1'"),
+    ({"dns": [{"names": ["a"], "ip": "10.0.0.1", "subnet": 5}]}, "dns: subnet must be an IPv4 subnet"),
+])
+def test_bad_announcements_are_refused_with_the_field(data, reason):
+    with pytest.raises(ProtocolError, match=re.escape(reason)):
+        messages.check_gossip(announcement(**data))
+
+
+def test_announcements_keep_the_known_keys_and_older_routers_send_none():
+    record = {"names": ["web"], "ip": "10.32.1.2", "subnet": None}
+    *_, announced = messages.check_gossip(announcement(dns=[record], future={"x": 1}))
+    assert announced == [(2, "b", 1, {"dns": [record]})]
+    assert messages.check_gossip({"type": "gossip", "peers": [], "links": []})[2] == []
+    with pytest.raises(ProtocolError, match="gossip announcement: data must be an object"):
+        messages.check_gossip({"type": "gossip", "peers": [], "links": [],
+                               "announced": [{"peer_id": 2, "name": "b", "version": 1, "data": []}]})
+
+
 def test_wrong_secret_is_refused_on_both_sides(caplog):
     async def scenario():
         a = Node("a", 1, password=b"right")
@@ -227,8 +314,11 @@ def test_wrong_secret_is_refused_on_both_sides(caplog):
         async with running(a, b):
             await until(lambda: b.cp.peers[0].last_error, "b tried a")
             assert b.cp.peers[0].state == FAILED
-            assert b.cp.peers[0].last_error == "refused: wrong network secret: a (peer id 1) failed " \
-                "authentication (its --password/--key-file differs from b's)"
+            # The client proves itself first, so the server is the one to find out and say.
+            error = b.cp.peers[0].last_error
+            assert error.startswith(f"refused by 127.0.0.1:{a.cp.config.port}: ") and error.endswith(
+                "wrong network secret: b (peer id 2) failed authentication (its --password/--key-file "
+                "differs from a's)")
             await until(lambda: "refused: wrong network secret: b (peer id 2) failed authentication"
                         in caplog.text, "a logged why")
             assert not a.cp.peers and not a.dp.peers
@@ -253,14 +343,14 @@ def test_a_secret_on_one_side_only_is_refused(caplog):
 def test_version_mismatch_names_both_ranges(caplog):
     async def scenario():
         a = Node("a", 1)
-        b = Node("b", 2, [a], versions=(2, 3))
+        b = Node("b", 2, [a], versions=(3, 4))
         async with running(a, b):
             await until(lambda: b.cp.peers[0].last_error, "b tried a")
             assert b.cp.peers[0].state == FAILED
             assert b.cp.peers[0].last_error == ("refused: protocol version mismatch: b speaks "
-                                                "version 2-3, a (peer id 1) speaks version 1")
-            await until(lambda: "refused: protocol version mismatch: a speaks version 1, "
-                        "b (peer id 2) speaks version 2-3" in caplog.text, "a logged why")
+                                                "version 3-4, a (peer id 1) speaks version 2")
+            await until(lambda: "refused: protocol version mismatch: a speaks version 2, "
+                        "b (peer id 2) speaks version 3-4" in caplog.text, "a logged why")
     with caplog.at_level(logging.WARNING, logger="weavefast.control"):
         run(scenario())
 
@@ -327,11 +417,12 @@ def test_partial_mesh_routes_through_the_middle_router():
     run(scenario())
 
 
-def test_status_api_metrics_cli_connect_and_forget(capsys):
+def test_status_api_metrics_cli_connect_and_forget(capsys, tmp_path):
     async def scenario():
         a, b = Node("a", 1), Node("b", 2)
         async with running(a, b):
-            server = StatusServer(a.cp, ("127.0.0.1", 0), details=lambda: {"mtu": 1430})
+            server = StatusServer(a.cp, ("127.0.0.1", 0), details=lambda: {"mtu": 1430},
+                                  token_file=tmp_path / "run" / "a.token")
             await server.start()
             try:
                 address = "%s:%d" % server.address
@@ -386,6 +477,49 @@ def test_status_api_metrics_cli_connect_and_forget(capsys):
 
                 await cli_async("connect", f"127.0.0.1:{b.cp.config.port}")
                 await until(lambda: a.state("b") == ESTABLISHED, "a-b established again")
+            finally:
+                await server.stop()
+            assert not (tmp_path / "run" / "a.token").exists(), "the token file outlived the router"
+    run(scenario())
+
+
+def test_changes_need_the_token_and_no_browser_may_make_them(tmp_path):
+    async def scenario():
+        a = Node("a", 1)
+        async with running(a):
+            token_file = tmp_path / "a.token"
+            server = StatusServer(a.cp, ("127.0.0.1", 0), token_file=token_file)
+            await server.start()
+            try:
+                assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+                token = token_file.read_text().strip()
+                url = "http://%s:%d/connect" % server.address
+                body = json.dumps({"host": "127.0.0.1", "port": 9}).encode()
+
+                def post(headers):
+                    request = urllib.request.Request(url, data=body, headers=headers)
+                    try:
+                        with urllib.request.urlopen(request, timeout=5) as reply:
+                            return reply.status, json.load(reply)
+                    except urllib.error.HTTPError as exc:
+                        return exc.code, json.load(exc)
+
+                async def attempt(headers):
+                    return await asyncio.get_running_loop().run_in_executor(None, post, headers)
+
+                json_type = {"Content-Type": "application/json"}
+                code, reply = await attempt(json_type)
+                assert code == 401 and "needs the router's token" in reply["error"]
+                code, _ = await attempt({**json_type, "Authorization": "Bearer " + "0" * 64})
+                assert code == 401
+                code, reply = await attempt({**json_type, "Authorization": f"Bearer {token}",
+                                             "Origin": "http://evil.example"})
+                assert code == 403 and "cross-origin" in reply["error"]
+                code, _ = await attempt({"Content-Type": "text/plain", "Authorization": f"Bearer {token}"})
+                assert code == 415
+                assert a.peer("127.0.0.1:9") is None and not a.cp.peers, "a refused request changed the router"
+                code, reply = await attempt({**json_type, "Authorization": f"Bearer {token}"})
+                assert code == 200 and reply == {"connecting": "127.0.0.1:9"}
             finally:
                 await server.stop()
     run(scenario())

@@ -5,7 +5,6 @@ etcd on the first host's underlay address.
 The engines and routers are shared by the module; every test removes its containers
 and networks (the ready-made network `weavefast` stays, as on a real host).
 """
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 from dataplane import testbed
 from dataplane.dns import DEFAULT_DNS_ADDRESS
-from dockerenv import IMAGE, DockerEngine, busybox_rootfs_tar, docker_unavailable
+from dockerenv import IMAGE, DockerEngine, busybox_rootfs_tar, close_all, docker_unavailable
 from etcdenv import Etcd, etcd_unavailable
 
 pytestmark = [pytest.mark.root, pytest.mark.docker]
@@ -38,18 +37,14 @@ def cluster():
         rootfs = busybox_rootfs_tar(workdir / "rootfs.tar")
         for host in tb.hosts:
             engines.append(DockerEngine(tb, host, workdir / host.name, dns=DEFAULT_DNS_ADDRESS,
-                                        router_args=["--store", etcd.url, "--subnet", SUBNET,
+                                        plugin="router", peers=[h for h in tb.hosts if h is not host],
+                                        plugin_args=["--store", etcd.url, "--subnet", SUBNET,
                                                      "--block-grace", str(BLOCK_GRACE)]))
             engines[-1].docker("import", "-c", 'CMD ["sh"]', str(rootfs), IMAGE)
         tb.wait_connected()
         yield tb, etcd, engines
     finally:
-        for engine in engines:
-            engine.close()
-        tb.close()
-        shutil.rmtree(workdir)
-        left = tb.leftovers()
-        assert not any(left.values()), left
+        close_all(tb, engines, workdir)
 
 
 @pytest.fixture
@@ -200,7 +195,8 @@ def test_a_container_gets_its_address_back_after_a_dockerd_restart(hosts):
     before = address(engine, "keeper", "weavefast")
     engine.docker("rm", "-f", "other")  # next in turn is after other's: not keeper's address
 
-    engine.restart_dockerd()
+    assert engine.stop_dockerd() == 0  # without live-restore: its containers stop
+    engine.start_dockerd()
 
     engine.tb.wait_for(lambda: engine.docker("inspect", "-f", "{{.State.Running}}",
                                              "keeper").stdout.strip() == "true",

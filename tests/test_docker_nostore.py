@@ -2,7 +2,6 @@
 (detected through the mesh) and hosts with their own ranges find each other's names
 through the mesh. Two simulated hosts, each with a real dockerd and `weavefast router
 --plugin`, no etcd."""
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 
 from dataplane import testbed
 from dataplane.dns import DEFAULT_DNS_ADDRESS
-from dockerenv import IMAGE, DockerEngine, busybox_rootfs_tar, docker_unavailable
+from dockerenv import IMAGE, DockerEngine, busybox_rootfs_tar, close_all, docker_unavailable
 from test_docker_cluster import address, router_status, run, unreachable, wait_for_records
 
 pytestmark = [pytest.mark.root, pytest.mark.docker]
@@ -32,18 +31,14 @@ def hosts():
         # create or at the first `docker run` depends on when it hears of the first host
         for host, ready_made in zip(tb.hosts, ("weavefast", "")):
             engines.append(DockerEngine(tb, host, workdir / host.name, dns=DEFAULT_DNS_ADDRESS,
-                                        router_args=["--subnet", SUBNET, "--network", ready_made]))
+                                        plugin="router", peers=[h for h in tb.hosts if h is not host],
+                                        plugin_args=["--subnet", SUBNET, "--network", ready_made]))
             engines[-1].docker("import", "-c", 'CMD ["sh"]', str(rootfs), IMAGE)
         tb.wait_connected()
         tb.wait_for(lambda: router_status(engines[0])["blocks"], what="the ready-made network")
         yield engines
     finally:
-        for engine in engines:
-            engine.close()
-        tb.close()
-        shutil.rmtree(workdir)
-        left = tb.leftovers()
-        assert not any(left.values()), left
+        close_all(tb, engines, workdir)
 
 
 def knows_range_of(engine, other, subnet):

@@ -33,7 +33,9 @@ class HostPlugin:
         self.process = self.tb.start(self.tb.hosts[0], [
             sys.executable, "-m", "dataplane", "plugin", "--socket", str(self.socket),
             "--state-dir", str(self.state_dir), "--name", self.name, "--store", self.store_url,
-            "--block-grace", str(self.grace), "--log-level", "debug"],
+            "--block-grace", str(self.grace), "--log-level", "debug",
+            # no dockerd here: none of the machine's is touched
+            "--docker-host", f"unix://{self.socket.parent}/docker.sock"],
             name=f"{self.tb.prefix}-{self.name}")
         wait_for_socket(self.socket, self.process)
 

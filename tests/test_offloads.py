@@ -196,14 +196,18 @@ def test_vlan_tagged_inner_frames_cross_both_ways(tb):
                 assert receive_frame(into, src.mac) == frame, f"{size}-byte payload from {src.name}"
 
 
-def test_two_workers_share_parallel_streams_intact(two_hosts):
-    tb = two_hosts.use("--workers", "2").tb
+@pytest.mark.parametrize("secret", [[], ["--password", "two workers"]], ids=["cleartext", "sealed"])
+def test_two_workers_share_parallel_streams_intact(two_hosts, secret):
+    """With a secret, the workers of a router draw counters from one per-peer
+    counter: nothing is lost to the receiver's replay window either."""
+    tb = two_hosts.use("--workers", "2", *secret).tb
     c1, c2 = tb.containers
 
     transfer = tcp_transfer(tb, c1, c2, c2.ip4, BULK, streams=16)
 
     assert len(transfer.received) == 16
     assert transfer.intact, transfer
+    assert not any(tb.status(h)["drops"][r] for h in tb.hosts for r in ("replayed", "bad_tag", "unknown_key"))
     # 16 flows over 2 TAP queues: all on one would be a 1-in-30000 chance.
     for host in tb.hosts:
         workers = tb.status(host)["workers"]

@@ -30,7 +30,7 @@ def router_error(tb, *args):
 
 @pytest.mark.parametrize("args, expected", [
     (["--mtu", "100"], "MTU 100 is too small: use at least 576"),
-    (["--mtu", "9000"], "MTU 9000 is too large for the underlay's 1500: use --mtu 1430 or less"),
+    (["--mtu", "9000"], "MTU 9000 is too large for the underlay's 1500: use --mtu 1414 or less"),
     (["--peer", "no-such-host.invalid"], "peer 'no-such-host.invalid' does not resolve"),
     (["--peer", "10.47.0.2:99999"], "the port must be a number from 1 to 65535"),
     (["--port", "0"], "--port 0: use a port from 1 to 65535"),

@@ -1,8 +1,10 @@
 """The control plane a router runs: membership, liveness, routing.
 
-One TCP control connection per peer pair (protocol.py), data-path heartbeats
-as CONTROL datagrams through the Dataplane facade, a link-state database
-gossiped over the control connections, and routes pushed to the dataplane.
+One TCP control connection per peer pair (protocol.py), whose handshake gives
+the session keys the dataplane seals datagrams with (rekeyed every
+`rekey_after` seconds), data-path heartbeats as CONTROL datagrams through the
+Dataplane facade, a link-state database gossiped over the control
+connections, and routes pushed to the dataplane.
 Everything runs on one asyncio loop; `status()`, `connect()` and `forget()`
 are what the status API exposes.
 """
@@ -10,16 +12,29 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
 from dataplane.addresses import format_address, parse_hostport
-from dataplane.control import protocol
+from dataplane.control import messages, protocol
+from dataplane.control.admission import ACCEPT_BURST, Admission, QuietLog
 from dataplane.control.routing import next_hops
 
 log = logging.getLogger("weavefast.control")
 
 CONNECTING, ESTABLISHED, FAILED, RETRYING = "connecting", "established", "failed", "retrying"
+MAX_PEERS_PER_ADDRESS = 4  # routers one IP address may bring in (several ports on one host)
+MAX_LINK_STATES = 1024
+REFUSALS = {  # counter name -> what the log says
+    "connection_rate": f"more than {ACCEPT_BURST} new connections in a burst from it",
+    "unauthenticated_connections": "too many connections still in their handshake",
+    "unauthenticated_from_source": "too many of its connections still in their handshake",
+    "handshake": "handshake failed or refused",
+    "peer_table_full": "the peer table is full",
+    "peers_from_address": f"more than {MAX_PEERS_PER_ADDRESS} routers from one address",
+    "invalid_message": "sent an invalid message",
+}
 
 
 @dataclass
@@ -34,10 +49,19 @@ class ControlConfig:
     backoff_max: float = 10.0
     listen_host: str | None = None  # None = every address
     versions: tuple[int, int] = protocol.VERSIONS
+    rekey_after: float = 120.0  # new data keys this often
+    ciphers: Sequence[str] | None = None  # data ciphers offered, best first; None = by CPU
+    max_peers: int = 250  # the dataplane holds 256
 
     @property
     def heartbeat_interval(self):
         return self.down_after / 6
+
+    @property
+    def forget_unestablished_after(self):
+        """A peer learned from gossip or a connection that never got established
+        this long is dropped from the table: fake identities cannot pile up."""
+        return 4 * self.down_after
 
 
 def backoff_delay(failures: int, initial: float, cap: float) -> float:
@@ -54,7 +78,9 @@ def describe(exc: BaseException) -> str:
         return "connection refused"
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
-    return str(exc)
+    if isinstance(exc, (protocol.ProtocolError, protocol.HandshakeError)):
+        return str(exc)  # built with what the peer sent already cut short
+    return f"{type(exc).__name__}: {str(exc)[:messages.MAX_REASON]}"
 
 
 def unmapped(host):
@@ -63,30 +89,38 @@ def unmapped(host):
 
 
 class Connection:
-    """An authenticated control connection."""
+    """An authenticated, sealed control connection and the session keys it gave."""
 
-    def __init__(self, reader, writer, outbound, handshake: protocol.Handshake):
-        self.reader, self.writer, self.outbound = reader, writer, outbound
+    def __init__(self, channel: protocol.Channel, outbound, handshake: protocol.Handshake):
+        self.channel, self.outbound = channel, outbound
+        self.handshake = handshake
         self.identity = handshake.identity
         self.version = handshake.version
-        self.session_key = handshake.session_key
-        self.remote_host = unmapped(writer.get_extra_info("peername")[0])
+        self.remote_host = unmapped(channel.writer.get_extra_info("peername")[0])
         self.opened = self.last_rx = time.monotonic()
+        self.epoch = None  # of the key we send with; None until the peer gave its key id
+        self.keyed_at = None  # monotonic time the sending key last changed
+        self.keys = {0: handshake.data}  # epoch -> keys not yet switched to
+        self.rx_key_ids = {}  # epoch -> id of the receive key installed for it
+        self.rekey = None  # (epoch, Ephemeral) of a rekey this side started
+        self.rekeys = 0
 
     def send(self, message):
-        if not self.writer.is_closing():
-            self.writer.write(protocol.encode_message(message))
+        self.channel.send(message)
 
     def close(self):
-        self.writer.close()
+        self.channel.close()
 
 
 class Peer:
     """A router this one keeps a connection to (or learned about)."""
 
-    def __init__(self, address, peer_id=None, name=None):
+    def __init__(self, address, peer_id=None, name=None, configured=False):
         self.address = address  # (host, port) to dial
         self.peer_id, self.name = peer_id, name
+        self.configured = configured  # given by --peer or `connect`: kept until forgotten
+        self.created = time.monotonic()
+        self.established_once = False
         self.endpoint = None  # (ip, data port) seen on the control connection
         self.udp_address = None  # where its data-path heartbeats come from (NAT)
         self.state, self.last_error, self.since = CONNECTING, None, time.time()
@@ -95,7 +129,6 @@ class Peer:
         self.failures = 0
         self.next_attempt = 0.0
         self.heartbeat_seen = None  # monotonic time of the last data-path pong
-        self.previous_key = None  # session key of a connection just replaced by a duplicate
         self.highest_ping = -1
         self.rtt = None
         self.in_dataplane = False
@@ -128,6 +161,10 @@ class ControlPlane:
                                            "data": {}}}
         self._stopping = False
         self._server = self._loop = None
+        self.admission = Admission()
+        self.refused = Counter()  # REFUSALS key -> connections or peers turned away
+        self._joining = Counter()  # address -> new routers from it accepted, handshake not over
+        self._quiet = QuietLog(log)
 
     # Lifecycle.
 
@@ -137,7 +174,7 @@ class ControlPlane:
                                                   self.config.port)
         self._loop.add_reader(self.dp.control_fd, self._on_control)
         for spec in self.config.peers:
-            self._add_target(parse_hostport(spec, self.config.port, "peer"))
+            self._add_target(parse_hostport(spec, self.config.port, "peer")).configured = True
         self._links_changed()
         self._spawn(self._ticker())
         log.info("control plane of %s (peer id %d) listening on TCP port %d", self.me.name,
@@ -191,6 +228,12 @@ class ControlPlane:
         if state != peer.state:
             peer.state, peer.since = state, time.time()
 
+    def _refuse(self, reason, source, detail=""):
+        """Counts a refusal and logs it, once per source and reason per interval."""
+        self.refused[reason] += 1
+        self._quiet((source, reason), logging.WARNING,
+                    f"{source}: refused ({REFUSALS[reason]}){': ' + detail if detail else ''}")
+
     def _ensure_in_dataplane(self, peer, host, port):
         if not peer.in_dataplane:
             self.dp.add_peer(peer.peer_id, host, port)
@@ -208,6 +251,7 @@ class ControlPlane:
             self._pushed.pop(peer.peer_id, None)
             peer.in_dataplane = False
         self.link_states.pop(peer.peer_id, None)
+        self.announced.pop(peer.peer_id, None)
         if peer.conn:
             conn, peer.conn = peer.conn, None
             conn.close()
@@ -219,14 +263,20 @@ class ControlPlane:
 
     def _send_control(self, peer, payload):
         try:
-            self.dp.send_control(payload, peer_id=peer.peer_id)
-        except OSError as exc:  # e.g. no route to the peer's host right now
+            self.dp.send_control(payload, peer.peer_id)
+        except (OSError, KeyError) as exc:  # no session key yet, no route right now
             log.debug("heartbeat to %s: %s", peer.label, describe(exc))
 
     # Connections.
 
     def _on_accept(self, reader, writer):
-        self._spawn(self._serve(reader, writer, outbound=False))
+        source = unmapped(writer.get_extra_info("peername")[0])
+        reason = self.admission.admit(source)
+        if reason:
+            self._refuse(reason, source)
+            writer.close()
+            return
+        self._spawn(self._serve(reader, writer, outbound=False, admitted=source))
 
     async def _dial(self, peer):
         host, port = peer.address
@@ -239,15 +289,19 @@ class ControlPlane:
             return
         await self._serve(reader, writer, outbound=True, dialed=peer)
 
-    async def _serve(self, reader, writer, outbound, dialed=None):
+    async def _serve(self, reader, writer, outbound, dialed=None, admitted=None):
         self._writers.add(writer)
+        remote_host = unmapped(writer.get_extra_info("peername")[0])
         remote = format_address(writer.get_extra_info("peername")[:2])
+        channel = protocol.Channel(reader, writer)
+        joining = []  # this connection's count in self._joining, until it is attached
         try:
             try:
                 handshake = await asyncio.wait_for(protocol.handshake(
-                    reader, writer, self.me, self.config.password, outbound,
-                    accept=self._accept_identity, versions=self.config.versions),
-                    self.config.down_after)
+                    channel, self.me, self.config.password, outbound,
+                    accept=lambda identity: self._accept_identity(identity, remote_host, joining),
+                    versions=self.config.versions, ciphers=self.config.ciphers),
+                    min(self.config.down_after, 5.0))
             except protocol.HandshakeError as exc:
                 if exc.itself:  # e.g. the same --peer list on every host
                     if dialed in self.peers:
@@ -260,31 +314,48 @@ class ControlPlane:
                     dialed.dialing = False
                     self._failed(dialed, reason)  # logs it
                 else:
-                    log.warning("%s: %s", remote, reason)
+                    self.refused["handshake"] += 1
+                    self._quiet((remote_host, exc.reason[:40]), logging.WARNING, f"{remote}: {reason}")
                 return
-            except (protocol.ProtocolError, OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            except Exception as exc:  # whatever the input: one line, never a traceback
+                if not isinstance(exc, (protocol.ProtocolError, OSError, asyncio.IncompleteReadError,
+                                        TimeoutError)):
+                    log.debug("handshake with %s", remote, exc_info=True)
                 if dialed:
                     dialed.dialing = False
                     self._failed(dialed, f"handshake with {remote} failed: {describe(exc)}")
                 else:
-                    log.info("handshake with %s failed: %s", remote, describe(exc))
+                    self.refused["handshake"] += 1
+                    self._quiet((remote_host, "handshake"), logging.INFO,
+                                f"handshake with {remote} failed: {describe(exc)}")
                 return
+            finally:
+                if admitted:
+                    self.admission.done(admitted)
+                for address in joining:  # no await from here to _attach: the count stays true
+                    self._joining[address] -= 1
             if dialed:
                 dialed.dialing = False
-            conn = Connection(reader, writer, outbound, handshake)
+            conn = Connection(channel, outbound, handshake)
             peer = self._attach(conn, dialed)
             if peer is None:
                 return
             reason = "connection closed"
             try:
                 while True:
-                    message = await protocol.read_message(reader)
+                    message = await channel.read()
                     conn.last_rx = time.monotonic()
                     self._handle(peer, conn, message)
             except protocol.HandshakeError as exc:
                 reason = f"refused by {peer.label}: {exc.reason}"
-            except (protocol.ProtocolError, OSError, asyncio.IncompleteReadError) as exc:
+            except protocol.ProtocolError as exc:
+                self.refused["invalid_message"] += 1
+                reason = f"control connection closed: {describe(exc)}"
+            except (OSError, asyncio.IncompleteReadError) as exc:
                 reason = f"control connection lost: {describe(exc)}"
+            except Exception as exc:  # a bug here must not print a peer's input as a traceback
+                log.debug("handling a message from %s", peer.label, exc_info=True)
+                reason = f"control connection closed after an internal error: {type(exc).__name__}"
             finally:
                 if peer.conn is conn and not self._stopping:
                     self._lost(peer, reason)
@@ -292,13 +363,29 @@ class ControlPlane:
             self._writers.discard(writer)
             writer.close()
 
-    def _accept_identity(self, identity):
+    def _accept_identity(self, identity, remote_host, joining):
         if self._is_forgotten(peer_id=identity.peer_id):
             return (f"{self.me.name} was told to forget {identity.name}; run `weavefast connect` "
                     f"on {self.me.name} to peer again")
         known = self._by_id(identity.peer_id)
         if known and known.conn and known.name != identity.name:
             return f"peer id {identity.peer_id} of {identity.name} is already used by {known.name}"
+        if known and known.conn and known.state == ESTABLISHED and known.conn.remote_host != remote_host:
+            # Without a secret anyone may claim any identity: not one that is alive elsewhere.
+            return (f"{identity.name} (peer id {identity.peer_id}) is connected from {known.conn.remote_host}; "
+                    f"another one from {remote_host} is refused while that one answers")
+        if known or self._by_address((remote_host, identity.port)):
+            return None
+        if len(self.peers) >= self.config.max_peers:
+            self.refused["peer_table_full"] += 1
+            return (f"{self.me.name} has {len(self.peers)} peers, its most: `weavefast forget` "
+                    "peers that are gone")
+        from_address = sum(1 for p in self.peers if p.endpoint and p.endpoint[0] == remote_host)
+        if from_address + self._joining[remote_host] >= MAX_PEERS_PER_ADDRESS:
+            self.refused["peers_from_address"] += 1
+            return f"{self.me.name} already has {MAX_PEERS_PER_ADDRESS} routers at {remote_host}"
+        self._joining[remote_host] += 1
+        joining.append(remote_host)
         return None
 
     def _preferred(self, new, old):
@@ -327,20 +414,21 @@ class ControlPlane:
             log.info("%s now answers as %s (peer id %d), no longer as peer id %d",
                      format_address(peer.address), identity.name, identity.peer_id, peer.peer_id)
             self._retire_id(peer)
-        peer.previous_key = None
+        same_router = False
         if peer.conn:
             old = peer.conn
             if old.identity.incarnation == identity.incarnation:
                 if not self._preferred(conn, old):
                     return None
                 # Both ends dialled: the same router, now over the preferred connection.
-                # Heartbeats under way still carry the old session's key.
-                peer.previous_key = old.session_key
+                # Its keys stay valid a while for the datagrams under way.
+                same_router = True
+                self._retire_keys(old, set(old.rx_key_ids))
             peer.conn = None
             old.close()
         peer.conn, peer.peer_id, peer.name = conn, identity.peer_id, identity.name
         peer.highest_ping = -1
-        if not peer.previous_key:
+        if not same_router:
             was_established = peer.state == ESTABLISHED
             peer.endpoint = (conn.remote_host, identity.port)
             peer.heartbeat_seen = peer.rtt = peer.udp_address = None
@@ -350,9 +438,72 @@ class ControlPlane:
                      identity.name, identity.peer_id, format_address(peer.endpoint), conn.version)
             if was_established:  # it restarted
                 self._links_changed()
+        self._offer_key(peer, conn, 0, conn.keys[0])
         conn.send(self._gossip_message())
-        self._send_ping(peer)
         return peer
+
+    # Session keys.
+
+    def _offer_key(self, peer, conn, epoch, keys):
+        """Installs the epoch's receive key and tells the peer its id."""
+        key_id = self.dp.install_rx_key(peer.peer_id, keys.cipher, keys.receive)
+        conn.rx_key_ids[epoch] = key_id
+        conn.send({"type": "session", "epoch": epoch, "key_id": key_id})
+        return key_id
+
+    def _switch_key(self, peer, conn, epoch, key_id):
+        """Seals what goes to the peer with the epoch's key from now on."""
+        keys = conn.keys.pop(epoch, None)
+        if keys is None:
+            raise protocol.ProtocolError(f"session for epoch {epoch}, which has no keys")
+        self.dp.set_tx_key(peer.peer_id, key_id, keys.cipher, keys.send)
+        first = conn.epoch is None
+        conn.epoch, conn.keyed_at = epoch, time.monotonic()
+        self._retire_keys(conn, {e for e in conn.rx_key_ids if e < epoch})
+        if conn.outbound:  # the client starts every rekey
+            self._loop.call_later(self.config.rekey_after, self._start_rekey, peer, conn)
+        if first:
+            self._send_ping(peer)
+        else:
+            conn.rekeys += 1
+            log.debug("%s: data keys of epoch %d in use", peer.label, epoch)
+
+    def _retire_keys(self, conn, epochs):
+        """Stops accepting these epochs' receive keys once the datagrams under way are in."""
+        for epoch in epochs:
+            key_id = conn.rx_key_ids.pop(epoch)
+            self._loop.call_later(protocol.KEY_OVERLAP, self.dp.remove_rx_key, key_id)
+
+    def _start_rekey(self, peer, conn):
+        if peer.conn is not conn or conn.rekey or conn.channel.writer.is_closing():
+            return  # the connection was replaced or closed meanwhile
+        epoch = conn.epoch + 1
+        conn.rekey = (epoch, protocol.Ephemeral())
+        conn.send({"type": "rekey", "epoch": epoch, "public": conn.rekey[1].public})
+
+    def _on_rekey(self, peer, conn, epoch, public):
+        """The server's half: new keys for the epoch the client proposes."""
+        if conn.outbound or conn.epoch is None or epoch != conn.epoch + 1:
+            raise protocol.ProtocolError(f"unexpected rekey to epoch {epoch}")
+        ephemeral = protocol.Ephemeral()
+        conn.keys[epoch] = self._epoch_keys(conn, epoch, ephemeral.exchange(bytes.fromhex(public)))
+        key_id = self.dp.install_rx_key(peer.peer_id, conn.handshake.cipher, conn.keys[epoch].receive)
+        conn.rx_key_ids[epoch] = key_id
+        conn.send({"type": "rekey_ack", "epoch": epoch, "public": ephemeral.public, "key_id": key_id})
+
+    def _on_rekey_ack(self, peer, conn, epoch, public, key_id):
+        """The client's half: switch, then tell the server which key id to send with."""
+        if not conn.rekey or conn.rekey[0] != epoch:
+            raise protocol.ProtocolError(f"unexpected rekey_ack for epoch {epoch}")
+        ephemeral, conn.rekey = conn.rekey[1], None
+        conn.keys[epoch] = self._epoch_keys(conn, epoch, ephemeral.exchange(bytes.fromhex(public)))
+        self._offer_key(peer, conn, epoch, conn.keys[epoch])
+        self._switch_key(peer, conn, epoch, key_id)
+
+    @staticmethod
+    def _epoch_keys(conn, epoch, shared):
+        hs = conn.handshake
+        return protocol.rekey_keys(hs.psk, shared, hs.transcript, epoch, hs.cipher, conn.outbound)
 
     def _failed(self, peer, reason):
         if peer.conn or peer not in self.peers:
@@ -373,12 +524,15 @@ class ControlPlane:
     def _handle(self, peer, conn, message):
         kind = message["type"]
         if kind == "gossip":
-            try:
-                self._merge_gossip(message)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise protocol.ProtocolError(f"malformed gossip: {exc!r}") from None
+            self._merge_gossip(*messages.check_gossip(message))
+        elif kind == "session":
+            self._switch_key(peer, conn, *messages.check_session(message))
+        elif kind == "rekey":
+            self._on_rekey(peer, conn, *messages.check_rekey(message, with_key_id=False)[:2])
+        elif kind == "rekey_ack":
+            self._on_rekey_ack(peer, conn, *messages.check_rekey(message, with_key_id=True))
         elif kind == "error":
-            raise protocol.HandshakeError(str(message.get("reason")), by_peer=True)
+            raise protocol.HandshakeError(messages.reason(message), by_peer=True)
         # "heartbeat" only refreshes conn.last_rx; unknown types come from newer versions
 
     # Liveness.
@@ -394,6 +548,11 @@ class ControlPlane:
     def _tick(self, now):
         down = self.config.down_after
         for peer in list(self.peers):
+            if (not peer.configured and not peer.established_once
+                    and now - peer.created > self.config.forget_unestablished_after):
+                log.info("%s never got established: dropped from the peer table", peer.label)
+                self._remove(peer)
+                continue
             conn = peer.conn
             if not conn:
                 continue
@@ -422,20 +581,19 @@ class ControlPlane:
             self._spawn(self._dial(peer))
 
     def _send_ping(self, peer):
+        if peer.conn.epoch is None:
+            return  # the peer has not given us its key yet
         self._ping_seq += 1
         peer.heartbeats["sent"] += 1
-        self._send_control(peer, protocol.encode_heartbeat(
-            peer.conn.session_key, protocol.PING, self._ping_seq, time.monotonic()))
+        self._send_control(peer, protocol.encode_heartbeat(protocol.PING, self._ping_seq, time.monotonic()))
 
     def _on_control(self):
+        # The dataplane names the peer whose key opened the datagram, and lets
+        # each through once: what arrives here is authentic and fresh.
         for src_peer, address, payload in self.dp.recv_control():
             peer = self._by_id(src_peer)
-            heartbeat = key = None
-            for key in (peer.conn.session_key, peer.previous_key) if peer and peer.conn else ():
-                heartbeat = key and protocol.decode_heartbeat(key, payload)
-                if heartbeat:
-                    break
-            if not heartbeat:
+            heartbeat = protocol.decode_heartbeat(payload)
+            if not heartbeat or not peer or not peer.conn:
                 self.bad_heartbeats += 1
                 if peer:
                     peer.heartbeats["rejected"] += 1
@@ -451,13 +609,14 @@ class ControlPlane:
                             log.info("%s: data path now at %s", peer.label, format_address(address))
                         peer.udp_address = address
                         self.dp.set_peer_address(src_peer, *address)
-                self._send_control(peer, protocol.encode_heartbeat(key, protocol.PONG, seq, timestamp))
+                self._send_control(peer, protocol.encode_heartbeat(protocol.PONG, seq, timestamp))
             else:
                 peer.heartbeats["answered"] += 1
                 peer.rtt = time.monotonic() - timestamp
                 peer.heartbeat_seen = time.monotonic()
                 if peer.state != ESTABLISHED:
                     peer.failures = 0
+                    peer.established_once = True
                     self._set_state(peer, ESTABLISHED)
                     log.info("%s (peer id %d) established, RTT %.2f ms", peer.name, peer.peer_id,
                              peer.rtt * 1000)
@@ -512,28 +671,36 @@ class ControlPlane:
             if peer.conn:
                 peer.conn.send(message)
 
-    def _merge_gossip(self, message):
+    def _newer(self, table, pid, version):
+        """Whether gossip's entry of another router, at `version`, replaces what `table`
+        (link states or announcements) has; a new router only while the table has room."""
+        known = table.get(pid)
+        if pid == self.me.peer_id or known is not None and version <= known["version"]:
+            return False
+        if known is None and len(table) >= MAX_LINK_STATES:
+            self.refused["peer_table_full"] += 1
+            return False
+        return True
+
+    def _merge_gossip(self, peers, links, announced):
         changed = False
-        for entry in message["links"]:
-            pid, version = int(entry["peer_id"]), int(entry["version"])
-            known = self.link_states.get(pid)
-            if pid != self.me.peer_id and (known is None or version > known["version"]):
-                self.link_states[pid] = {"name": str(entry["name"]), "version": version,
-                                         "links": {int(p) for p in entry["links"]}}
+        for pid, name, version, linked in links:
+            if self._newer(self.link_states, pid, version):
+                self.link_states[pid] = {"name": name, "version": version, "links": linked}
                 changed = True
-        for entry in message.get("announced", []):  # absent from older routers
-            pid, version = int(entry["peer_id"]), int(entry["version"])
-            known = self.announced.get(pid)
-            if pid != self.me.peer_id and (known is None or version > known["version"]):
-                self.announced[pid] = {"name": str(entry["name"]), "version": version,
-                                       "data": dict(entry["data"])}
+        for pid, name, version, data in announced:
+            if self._newer(self.announced, pid, version):
+                self.announced[pid] = {"name": name, "version": version, "data": data}
                 self._schedule_gossip()
-        for entry in message["peers"]:
-            pid, address = int(entry["peer_id"]), (str(entry["host"]), int(entry["port"]))
+        for pid, name, host, port in peers:
+            address = (host, port)
             if (pid == self.me.peer_id or self._by_id(pid) or self._by_address(address)
                     or self._is_forgotten(pid, address)):
                 continue
-            peer = self._add_target(address, pid, str(entry["name"]))
+            if len(self.peers) >= self.config.max_peers:
+                self.refused["peer_table_full"] += 1
+                continue
+            peer = self._add_target(address, pid, name)
             self._ensure_in_dataplane(peer, *address)
             log.info("learned about %s (peer id %d) at %s", peer.name, pid, format_address(address))
             changed = True
@@ -545,7 +712,14 @@ class ControlPlane:
     # What other subsystems announce through the mesh (thread-safe).
 
     def announce(self, key, value):
-        """Tell every router `key` = `value` (JSON-able) from this one; called from any thread."""
+        """Tell every router `key` = `value` (JSON-able) from this one; called from any thread.
+        A value peers would refuse (see messages.announced_data) is logged, not sent."""
+        try:
+            messages.announced_data({key: value})
+        except protocol.ProtocolError as e:
+            log.warning("not announced, other routers would refuse it: %s", e)
+            return
+
         def update():
             mine = self.announced[self.me.peer_id]
             mine["data"] = {**mine["data"], key: value}
@@ -571,6 +745,7 @@ class ControlPlane:
         self.forgotten = [f for f in self.forgotten
                           if not (f[1] == host or f[2][0] in ips and (port is None or f[2][1] == port))]
         peer = self._add_target(address)
+        peer.configured = True
         if not peer.conn:
             peer.failures, peer.next_attempt = 0, 0.0
         self._recompute_routes()
@@ -604,6 +779,20 @@ class ControlPlane:
             return {host}
         return {info[4][0] for info in infos} | {host}
 
+    @staticmethod
+    def _session_status(conn):
+        if not conn:
+            return None
+        return {"cipher": conn.handshake.cipher, "epoch": conn.epoch, "rekeys": conn.rekeys,
+                "key_age_s": round(time.monotonic() - conn.keyed_at, 1) if conn.keyed_at else None}
+
+    def _encryption_status(self):
+        if not self.config.password:
+            return {"mode": "cleartext", "ciphers": ["none"], "rekey_after_s": self.config.rekey_after}
+        used = sorted({p.conn.handshake.cipher for p in self.peers if p.conn})
+        return {"mode": "sealed", "ciphers": used or list(protocol.preferred_ciphers(
+            (self.config.ciphers or [None])[0])), "rekey_after_s": self.config.rekey_after}
+
     def status(self) -> dict:
         per_peer = self.dp.peer_counters()
         names = {pid: s["name"] for pid, s in self.link_states.items()}
@@ -621,11 +810,13 @@ class ControlPlane:
                 else f"via {names.get(route[0], route[0])}",
                 "counters": per_peer.get(peer.peer_id, {}),
                 "heartbeats": peer.heartbeats,
+                "session": self._session_status(peer.conn),
             })
         return {
             "name": self.me.name, "peer_id": self.me.peer_id, "port": self.config.port,
             "protocol_versions": list(self.config.versions),
             "authenticated": bool(self.config.password), "down_after": self.config.down_after,
+            "encryption": self._encryption_status(),
             "peers": peers,
             "routes": [{"peer_id": dst, "name": names.get(dst), "via": via,
                         "via_name": names.get(via) if via != dst else None, "hops": hops}
@@ -635,4 +826,6 @@ class ControlPlane:
             "counters": self.dp.counters(),
             "drops": self.dp.drops(),
             "bad_heartbeats": self.bad_heartbeats,
+            "refused": {reason: self.refused[reason] for reason in REFUSALS},
+            "unauthenticated_connections": sum(self.admission.pending.values()),
         }

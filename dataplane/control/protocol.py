@@ -1,31 +1,58 @@
-"""The control protocol between routers: framing, handshake, heartbeats.
+"""The control protocol between routers: framing, handshake, session keys, heartbeats.
 
 Control connection (TCP, the router's port, default 6783)
 ---------------------------------------------------------
-Every message is a 4-byte big-endian length followed by that many bytes of
-UTF-8 JSON: an object with a string field "type". Messages longer than
-MAX_MESSAGE are a protocol error and close the connection.
+Every message is a 4-byte big-endian length followed by that many bytes: until
+the handshake ends, UTF-8 JSON (an object with a string field "type"); after
+it, the same JSON sealed with ChaCha20-Poly1305 under the sender's control key
+(nonce = 4 zero bytes + a per-direction message counter from 0, the length
+as associated data), so names, addresses and topology never cross in clear.
+Handshake messages are at most MAX_HANDSHAKE_MESSAGE bytes, later ones
+MAX_MESSAGE; a longer one is a protocol error and closes the connection.
 
-Handshake, both sides send at once and then read what the other sent:
+Handshake (version 2). The side that dialled is the client.
 
-1. ``hello``: ``{"type": "hello", "protocol": "weavefast", "versions": [lo, hi],
-   "auth": "hmac-sha256" | "none", "nonce": <32 hex digits>, "name": str,
-   "peer_id": u32 (nonzero), "port": data port, "incarnation": <16 hex digits>}``.
-   The hello has the same shape in every protocol version. Each side picks
-   the highest version both ranges contain; when there is none it sends
-   ``error`` naming both ranges and closes.
-2. ``auth`` (only when both sides have a network secret): ``{"type": "auth",
-   "proof": hex}`` with proof = HMAC-SHA256(secret, "weavefast-auth" ||
-   sender peer_id (u32) || sender nonce || receiver nonce). The secret never
-   crosses the wire; the sender's peer id in the proof stops a peer from
-   reflecting a router's own proof back at it. A side with a secret talking to
-   a side without one refuses the connection.
-3. ``ready``: ``{"type": "ready", "version": n}`` once a side accepts the
-   other (secret, identity, no duplicate); or ``error``: ``{"type": "error",
-   "reason": str}`` and the connection is closed.
+1. Both send ``hello``: ``{"type": "hello", "protocol": "weavefast", "versions":
+   [lo, hi], "auth": "psk" | "none", "nonce": <32 hex digits>, "public": <X25519
+   public key, 64 hex digits, fresh per connection>, "ciphers": [names by
+   preference], "name": str, "peer_id": u32 (nonzero), "port": data port,
+   "incarnation": <16 hex digits>}``. The hello keeps the fields of version 1,
+   so an older router still answers with the version-mismatch error. Each side
+   picks the highest version both ranges contain, or sends ``error`` naming
+   both ranges and closes. A side with a secret refuses one without, and the
+   other way round.
+2. Key schedule (HKDF-SHA256, RFC 5869): transcript = SHA-256("weavefast v2" ||
+   len || client hello || len || server hello), the hellos as sent; psk =
+   SHA-256("weavefast network secret" || secret), or 32 zero bytes without a
+   secret; okm = HKDF(salt=psk, ikm=X25519(own private, their public),
+   info="weavefast v2 session" || transcript) cut into: confirm keys
+   (client, server), control keys (client->server, server->client), data keys
+   (c->s, s->c, 32 bytes each) and tokens (c->s, s->c, 16 bytes each).
+3. ``auth``: ``{"type": "auth", "proof": hex(HMAC-SHA256(own confirm key,
+   transcript))}``; the client sends first and the server answers only after
+   the client's proof checked out. A wrong proof means a different secret.
+   From here on every message is sealed.
+4. ``ready``: ``{"type": "ready", "version": n}`` once a side accepts the
+   other (identity, no duplicate); or ``error``: ``{"type": "error", "reason":
+   str}`` and the connection is closed.
 
-After the handshake (version 1):
+Data cipher: without a secret "none" (frames in clear, the 16-byte token as
+trailer); with one AES-256-GCM when both sides list it first (CPUs with AES
+instructions do), else ChaCha20-Poly1305.
 
+After the handshake (version 2):
+
+- ``session`` ``{"type": "session", "epoch": n, "key_id": k}``: "I accept data
+  sealed with the epoch's keys under key id k" — send to me with it. Epoch 0
+  comes from the handshake; each side sends it once the connection is kept.
+- ``rekey`` ``{"type": "rekey", "epoch": n, "public": hex}`` (client only, every
+  rekey interval) and ``rekey_ack`` ``{"type": "rekey_ack", "epoch": n, "public":
+  hex, "key_id": k}``: a fresh X25519 exchange; the epoch's keys are HKDF(salt=
+  psk, ikm=the new shared secret, info="weavefast v2 rekey" || transcript ||
+  epoch u64). The server installs the new receive key and acks; the client
+  installs its own, switches its sending key and sends ``session``; the
+  server switches when that arrives. Old receive keys stay valid for
+  KEY_OVERLAP seconds, so no datagram in flight is lost.
 - ``heartbeat`` ``{"type": "heartbeat"}``: sent every heartbeat interval; any
   message received counts as a sign of life of the control connection.
 - ``gossip`` ``{"type": "gossip", "peers": [{"peer_id", "name", "host",
@@ -37,11 +64,10 @@ After the handshake (version 1):
 
 Data-path heartbeats (CONTROL datagrams through the dataplane)
 ---------------------------------------------------------------
-``magic "WFHB" | kind u8 (1 ping, 2 pong) | seq u64 | timestamp f64 |
-mac 16 bytes``: mac = first 16 bytes of HMAC-SHA256(session key, the 21 bytes
-before it). The session key is HMAC-SHA256(secret or b"", "weavefast-session"
-|| client nonce || server nonce), so only the two ends of a control connection
-can produce heartbeats that count. A pong echoes the ping's seq and timestamp;
+``magic "WFHB" | kind u8 (1 ping, 2 pong) | seq u64 | timestamp f64``. The
+dataplane seals and opens CONTROL datagrams like frames and hands Python the
+peer whose key opened one, with a replay window per key: a heartbeat that
+counts came from that peer, once. A pong echoes the ping's seq and timestamp;
 the difference to the local clock is the round-trip time.
 """
 import asyncio
@@ -49,28 +75,29 @@ import hashlib
 import hmac
 import json
 import os
+import platform
 import struct
 from dataclasses import dataclass
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from dataplane.control import messages
+from dataplane.control.errors import HandshakeError, ProtocolError
+
+__all__ = ["HandshakeError", "ProtocolError"]  # raised by everything here
+
 PROTOCOL = "weavefast"
-VERSIONS = (1, 1)  # lowest and highest protocol version this code speaks
+VERSIONS = (2, 2)  # lowest and highest protocol version this code speaks
 MAX_MESSAGE = 1 << 20
+MAX_HANDSHAKE_MESSAGE = 4096
+KEY_OVERLAP = 15.0  # seconds a replaced receive key still opens datagrams in flight
+CIPHER_NAMES = ("aes-256-gcm", "chacha20-poly1305")
 _LENGTH = struct.Struct("!I")
-
-
-class ProtocolError(Exception):
-    """The other side sent something that is not a valid message here."""
-
-
-class HandshakeError(Exception):
-    """The connection was refused; `by_peer` tells which side refused it,
-    `itself` that the router reached its own listening port."""
-
-    def __init__(self, reason, by_peer=False, itself=False):
-        super().__init__(reason)
-        self.reason = reason
-        self.by_peer = by_peer
-        self.itself = itself
+_TAG_LEN = 16
 
 
 def encode_message(message: dict) -> bytes:
@@ -80,12 +107,7 @@ def encode_message(message: dict) -> bytes:
     return _LENGTH.pack(len(body)) + body
 
 
-async def read_message(reader: asyncio.StreamReader) -> dict:
-    """Returns the next message; raises asyncio.IncompleteReadError at EOF."""
-    (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-    if length > MAX_MESSAGE:
-        raise ProtocolError(f"message of {length} bytes exceeds the limit of {MAX_MESSAGE}")
-    body = await reader.readexactly(length)
+def _parse(body: bytes) -> dict:
     try:
         message = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -93,6 +115,63 @@ async def read_message(reader: asyncio.StreamReader) -> dict:
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError("message is not an object with a string 'type'")
     return message
+
+
+async def _read_frame(reader: asyncio.StreamReader, limit: int) -> bytes:
+    (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+    if length > limit:
+        raise ProtocolError(f"message of {length} bytes exceeds the limit of {limit}")
+    return await reader.readexactly(length)
+
+
+async def read_message(reader: asyncio.StreamReader, limit: int = MAX_MESSAGE) -> dict:
+    """Returns the next cleartext message; raises asyncio.IncompleteReadError at EOF."""
+    return _parse(await _read_frame(reader, limit))
+
+
+def _nonce(counter: int) -> bytes:
+    return bytes(4) + counter.to_bytes(8, "big")
+
+
+class Channel:
+    """Messages over one control connection: cleartext during the handshake,
+    sealed once `secure()` gave it the two control keys."""
+
+    def __init__(self, reader, writer):
+        self.reader, self.writer = reader, writer
+        self._seal = self._open = None
+        self._sent = self._received = 0
+
+    @property
+    def secured(self):
+        return self._seal is not None
+
+    def secure(self, send_key: bytes, receive_key: bytes) -> None:
+        self._seal, self._open = ChaCha20Poly1305(send_key), ChaCha20Poly1305(receive_key)
+
+    def send(self, message: dict) -> None:
+        if self.writer.is_closing():
+            return
+        frame = encode_message(message)
+        if self._seal:
+            length = _LENGTH.pack(len(frame) - _LENGTH.size + _TAG_LEN)
+            frame = length + self._seal.encrypt(_nonce(self._sent), frame[_LENGTH.size:], length)
+            self._sent += 1
+        self.writer.write(frame)
+
+    async def read(self) -> dict:
+        if not self._open:
+            return await read_message(self.reader, MAX_HANDSHAKE_MESSAGE)
+        frame = await _read_frame(self.reader, MAX_MESSAGE + _TAG_LEN)
+        try:
+            body = self._open.decrypt(_nonce(self._received), frame, _LENGTH.pack(len(frame)))
+        except InvalidTag:
+            raise ProtocolError("a control message failed authentication") from None
+        self._received += 1
+        return _parse(body)
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def negotiate_version(ours, theirs):
@@ -106,6 +185,34 @@ def format_versions(versions):
     return str(low) if low == high else f"{low}-{high}"
 
 
+def has_aes_instructions() -> bool:
+    """Whether this CPU encrypts AES in hardware (x86 "aes", arm64 "aes" feature)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.split(":")[0].strip() in ("flags", "Features") and "aes" in line.split(":", 1)[1].split()
+                       for line in f)
+    except OSError:
+        return platform.machine() in ("x86_64", "AMD64")
+
+
+def preferred_ciphers(forced: str | None = None) -> list[str]:
+    """The data ciphers this router offers, best first."""
+    if forced:
+        return [forced]
+    return list(CIPHER_NAMES) if has_aes_instructions() else list(reversed(CIPHER_NAMES))
+
+
+def choose_cipher(client: list, server: list) -> str | None:
+    """Both sides' first choice when they agree, else ChaCha20-Poly1305 (fast
+    without AES instructions), else any common one."""
+    common = [c for c in client if c in server and c in CIPHER_NAMES]
+    if not common:
+        return None
+    if client[0] == server[0] and client[0] in common:
+        return client[0]
+    return "chacha20-poly1305" if "chacha20-poly1305" in common else common[0]
+
+
 @dataclass(frozen=True)
 class Identity:
     name: str
@@ -115,76 +222,176 @@ class Identity:
 
 
 @dataclass(frozen=True)
+class DataKeys:
+    """The keys of one epoch of a session: 32-byte keys, or 16-byte tokens
+    when the cipher is "none"."""
+    cipher: str
+    send: bytes
+    receive: bytes
+
+    def __repr__(self):  # never print key material
+        return f"DataKeys({self.cipher})"
+
+
+@dataclass(frozen=True, repr=False)
 class Handshake:
     """What the handshake established about the remote router."""
     identity: Identity
     version: int
-    session_key: bytes
+    client: bool  # this side dialled
+    cipher: str
+    data: DataKeys  # epoch 0
+    psk: bytes
+    transcript: bytes
+
+    def __repr__(self):
+        return f"Handshake({self.identity}, version {self.version}, {self.cipher})"
 
 
-def _proof(secret, prover_id, prover_nonce, verifier_nonce):
-    data = b"weavefast-auth" + struct.pack("!I", prover_id) + prover_nonce + verifier_nonce
-    return hmac.new(secret, data, hashlib.sha256).hexdigest()
+def network_psk(secret: bytes | None) -> bytes:
+    return hashlib.sha256(b"weavefast network secret" + secret).digest() if secret else bytes(32)
 
 
-def _remote_identity(hello):
-    try:
-        identity = Identity(str(hello["name"]), int(hello["peer_id"]), int(hello["port"]),
-                            str(hello["incarnation"]))
-        versions = tuple(int(v) for v in hello["versions"])
-        nonce = bytes.fromhex(hello["nonce"])
-        auth = hello["auth"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ProtocolError(f"malformed hello: {exc!r}") from None
-    if hello.get("protocol") != PROTOCOL or len(versions) != 2 or len(nonce) != 16:
-        raise ProtocolError("not a weavefast hello")
-    if not 0 < identity.peer_id < 1 << 32 or not 0 < identity.port < 65536:
-        raise ProtocolError(f"hello with invalid peer id {identity.peer_id} or port {identity.port}")
-    return identity, versions, nonce, auth
+def transcript_hash(client_hello: bytes, server_hello: bytes) -> bytes:
+    h = hashlib.sha256(b"weavefast v2")
+    for hello in (client_hello, server_hello):
+        h.update(_LENGTH.pack(len(hello)) + hello)
+    return h.digest()
 
 
-async def handshake(reader, writer, me: Identity, secret: bytes | None, outbound: bool,
-                    accept=lambda identity: None, versions=VERSIONS) -> Handshake:
-    """Runs the handshake on a fresh connection.
+def _hkdf(psk: bytes, shared: bytes, info: bytes, length: int) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=psk, info=info).derive(shared)
+
+
+def _split(okm: bytes, sizes):
+    out, pos = [], 0
+    for size in sizes:
+        out.append(okm[pos:pos + size])
+        pos += size
+    return out
+
+
+def session_keys(psk: bytes, shared: bytes, transcript: bytes) -> dict:
+    """The handshake's key schedule, as keys named from the client's side."""
+    names = ("confirm_client", "confirm_server", "control_c2s", "control_s2c",
+             "data_c2s", "data_s2c", "token_c2s", "token_s2c")
+    sizes = (32,) * 6 + (16, 16)
+    return dict(zip(names, _split(_hkdf(psk, shared, b"weavefast v2 session" + transcript, sum(sizes)), sizes)))
+
+
+def rekey_keys(psk: bytes, shared: bytes, transcript: bytes, epoch: int, cipher: str, client: bool) -> DataKeys:
+    """The data keys of a later epoch, for the side given by `client`."""
+    info = b"weavefast v2 rekey" + transcript + epoch.to_bytes(8, "big")
+    c2s, s2c, token_c2s, token_s2c = _split(_hkdf(psk, shared, info, 96), (32, 32, 16, 16))
+    return data_keys(cipher, client, c2s, s2c, token_c2s, token_s2c)
+
+
+def data_keys(cipher, client, c2s, s2c, token_c2s, token_s2c) -> DataKeys:
+    if cipher == "none":
+        c2s, s2c = token_c2s, token_s2c
+    return DataKeys(cipher, c2s, s2c) if client else DataKeys(cipher, s2c, c2s)
+
+
+class Ephemeral:
+    """A fresh X25519 key pair."""
+
+    def __init__(self):
+        self._private = X25519PrivateKey.generate()
+        self.public = self._private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+
+    def exchange(self, their_public: bytes) -> bytes:
+        try:
+            return self._private.exchange(X25519PublicKey.from_public_bytes(their_public))
+        except ValueError:  # a low-order point, which would give an all-zero secret
+            raise ProtocolError("the X25519 public key is a low-order point") from None
+
+
+def proof(confirm_key: bytes, transcript: bytes) -> str:
+    return hmac.new(confirm_key, transcript, hashlib.sha256).hexdigest()
+
+
+async def handshake(channel: Channel, me: Identity, secret: bytes | None, outbound: bool,
+                    accept=lambda identity: None, versions=VERSIONS, ciphers=None) -> Handshake:
+    """Runs the handshake on a fresh connection; on success the channel is sealed.
 
     `accept(identity)` is called once the peer is authenticated and returns
     None or the reason to refuse it. Raises HandshakeError (refused by either
-    side), ProtocolError, or OSError/IncompleteReadError (connection lost).
+    side), ProtocolError (the other side is told why before the connection
+    closes), or OSError/IncompleteReadError (connection lost).
     """
-    nonce = os.urandom(16)
-    writer.write(encode_message({
-        "type": "hello", "protocol": PROTOCOL, "versions": list(versions),
-        "auth": "hmac-sha256" if secret else "none", "nonce": nonce.hex(),
-        "name": me.name, "peer_id": me.peer_id, "port": me.port, "incarnation": me.incarnation}))
+    try:
+        return await _handshake(channel, me, secret, outbound, accept, versions, ciphers)
+    except ProtocolError as exc:
+        channel.send({"type": "error", "reason": str(exc)})
+        raise
 
-    async def expect(kind):
-        message = await read_message(reader)
+
+async def _handshake(channel, me, secret, outbound, accept, versions, ciphers):
+    ephemeral = Ephemeral()
+    ciphers = ciphers or preferred_ciphers()
+    hello = encode_message({
+        "type": "hello", "protocol": PROTOCOL, "versions": list(versions),
+        "auth": "psk" if secret else "none", "nonce": os.urandom(16).hex(),
+        "public": ephemeral.public, "ciphers": ciphers,
+        "name": me.name, "peer_id": me.peer_id, "port": me.port, "incarnation": me.incarnation})
+    channel.writer.write(hello)
+
+    async def expect(kind, message=None):
+        message = message if message is not None else await channel.read()
         if message["type"] == "error":
-            raise HandshakeError(str(message.get("reason")), by_peer=True)
+            raise HandshakeError(messages.reason(message), by_peer=True)
         if message["type"] != kind:
-            raise ProtocolError(f"expected {kind!r} during the handshake, got {message['type']!r}")
+            raise ProtocolError(f"expected {kind!r} during the handshake, got {messages.quote(message['type'])}")
         return message
 
     def refuse(reason, itself=False):
-        writer.write(encode_message({"type": "error", "reason": reason}))
+        channel.send({"type": "error", "reason": reason})
         raise HandshakeError(reason, itself=itself)
 
-    identity, their_versions, their_nonce, their_auth = _remote_identity(await expect("hello"))
+    their_hello_frame = await _read_frame(channel.reader, MAX_HANDSHAKE_MESSAGE)
+    their_hello = await expect("hello", _parse(their_hello_frame))
+    name, peer_id, port, incarnation, their_versions, their_auth = messages.check_hello_identity(their_hello)
+    identity = Identity(name, peer_id, port, incarnation)
     who = f"{identity.name} (peer id {identity.peer_id})"
     version = negotiate_version(versions, their_versions)
     if version is None:
         refuse(f"protocol version mismatch: {me.name} speaks version {format_versions(versions)}, "
                f"{who} speaks version {format_versions(their_versions)}")
-    if secret and their_auth != "hmac-sha256":
+    if secret and their_auth != "psk":
         refuse(f"{me.name} requires a network secret but {who} has none (--password/--key-file)")
     if not secret and their_auth != "none":
         refuse(f"{who} requires a network secret but {me.name} has none (--password/--key-file)")
+    their_public, their_ciphers = messages.check_hello_keys(their_hello)
+    cipher = "none"
     if secret:
-        writer.write(encode_message({"type": "auth", "proof": _proof(secret, me.peer_id, nonce, their_nonce)}))
-        expected = _proof(secret, identity.peer_id, their_nonce, nonce)
-        if not hmac.compare_digest(str((await expect("auth")).get("proof")), expected):
+        client_list, server_list = (ciphers, their_ciphers) if outbound else (their_ciphers, ciphers)
+        cipher = choose_cipher(client_list, server_list)
+        if cipher is None:
+            refuse(f"no common cipher: {me.name} offers {', '.join(ciphers)}, "
+                   f"{who} offers {messages.quote(their_ciphers)} (--cipher)")
+    shared = ephemeral.exchange(their_public)
+    ours = hello[_LENGTH.size:]
+    transcript = transcript_hash(*((ours, their_hello_frame) if outbound else (their_hello_frame, ours)))
+    psk = network_psk(secret)
+    keys = session_keys(psk, shared, transcript)
+    mine, theirs = ("client", "server") if outbound else ("server", "client")
+
+    async def check_proof():
+        expected = proof(keys[f"confirm_{theirs}"], transcript)
+        if not hmac.compare_digest(str((await expect("auth")).get("proof"))[:64], expected):
             refuse(f"wrong network secret: {who} failed authentication "
-                   f"(its --password/--key-file differs from {me.name}'s)")
+                   f"(its --password/--key-file differs from {me.name}'s)" if secret else
+                   f"handshake with {who} failed: its key confirmation does not match (altered on the way?)")
+
+    # The server proves itself only to a client that proved itself first.
+    if not outbound:
+        await check_proof()
+    channel.send({"type": "auth", "proof": proof(keys[f"confirm_{mine}"], transcript)})
+    if outbound:
+        await check_proof()
+    send_dir, receive_dir = ("c2s", "s2c") if outbound else ("s2c", "c2s")
+    channel.secure(keys[f"control_{send_dir}"], keys[f"control_{receive_dir}"])
     if identity.incarnation == me.incarnation:
         refuse(f"{me.name} connected to itself", itself=True)
     if identity.peer_id == me.peer_id:
@@ -193,34 +400,27 @@ async def handshake(reader, writer, me: Identity, secret: bytes | None, outbound
     reason = accept(identity)
     if reason:
         refuse(reason)
-    writer.write(encode_message({"type": "ready", "version": version}))
+    channel.send({"type": "ready", "version": version})
     await expect("ready")
-    client_nonce, server_nonce = (nonce, their_nonce) if outbound else (their_nonce, nonce)
-    session_key = hmac.new(secret or b"", b"weavefast-session" + client_nonce + server_nonce,
-                           hashlib.sha256).digest()
-    return Handshake(identity, version, session_key)
+    data = data_keys(cipher, outbound, keys["data_c2s"], keys["data_s2c"], keys["token_c2s"], keys["token_s2c"])
+    return Handshake(identity, version, outbound, cipher, data, psk, transcript)
 
 
 # Data-path heartbeats.
 PING, PONG = 1, 2
 _HEARTBEAT = struct.Struct("!4sBQd")
-_MAC_LEN = 16
-HEARTBEAT_LEN = _HEARTBEAT.size + _MAC_LEN
+HEARTBEAT_LEN = _HEARTBEAT.size
 
 
-def encode_heartbeat(session_key, kind, seq, timestamp):
-    body = _HEARTBEAT.pack(b"WFHB", kind, seq, timestamp)
-    return body + hmac.new(session_key, body, hashlib.sha256).digest()[:_MAC_LEN]
+def encode_heartbeat(kind, seq, timestamp):
+    return _HEARTBEAT.pack(b"WFHB", kind, seq, timestamp)
 
 
-def decode_heartbeat(session_key, payload):
-    """(kind, seq, timestamp), or None for anything not a heartbeat of this session."""
+def decode_heartbeat(payload):
+    """(kind, seq, timestamp), or None for anything that is not a heartbeat."""
     if len(payload) != HEARTBEAT_LEN:
         return None
-    body, mac = payload[:_HEARTBEAT.size], payload[_HEARTBEAT.size:]
-    if not hmac.compare_digest(hmac.new(session_key, body, hashlib.sha256).digest()[:_MAC_LEN], mac):
-        return None
-    magic, kind, seq, timestamp = _HEARTBEAT.unpack(body)
+    magic, kind, seq, timestamp = _HEARTBEAT.unpack(payload)
     if magic != b"WFHB" or kind not in (PING, PONG):
         return None
     return kind, seq, timestamp

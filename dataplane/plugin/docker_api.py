@@ -1,97 +1,100 @@
-"""The few calls of Docker's Engine API the plugin makes, over dockerd's Unix socket.
+"""The calls of Docker's Engine API the plugin makes, through the `docker` SDK.
 
 The plugin API never tells a driver which container it serves, so names (DNS) and
-"which container is starting" (stable addresses) come from here; the router also
-creates the ready-made network with it.
+"which container is starting" (stable addresses) come from here; reconciliation
+(reconcile.py) asks it what is still in use, and the router creates the ready-made
+network with it. Each call opens its own client (the callers are separate threads)
+with a timeout: dockerd may be waiting on the plugin itself.
 """
-import http.client
-import json
-import socket
-import urllib.parse
-
-DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+DOCKER_TIMEOUT = 10.0  # seconds for one API call
 
 
 class DockerError(RuntimeError):
-    pass
+    """dockerd did not answer, or refused."""
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
+class NotFound(DockerError):
+    """dockerd has no such object."""
 
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self._path)
+
+class Refused(DockerError):
+    """dockerd answered with an error: the message is its explanation."""
 
 
 class DockerClient:
-    def __init__(self, docker_host=DEFAULT_DOCKER_HOST):
-        if not docker_host.startswith("unix://"):
-            raise ValueError(f"docker host {docker_host!r}: only unix:///PATH is supported")
-        self.path = docker_host[len("unix://"):]
+    def __init__(self, docker_host):
+        self.docker_host = docker_host
+        self._version = None  # the API version dockerd agreed to, once it answered
 
-    def request(self, method, path, body=None, timeout=10.0):
-        """(status, decoded answer); DockerError when dockerd does not answer."""
-        conn = _UnixConnection(self.path, timeout)
+    def api(self, timeout=DOCKER_TIMEOUT):
+        """A docker.APIClient (the caller closes it); DockerError when dockerd does not answer."""
+        import docker  # only the plugin needs it; importing it costs a fraction of a second
+
         try:
-            data = json.dumps(body).encode() if body is not None else None
-            headers = {"Content-Type": "application/json"} if data else {}
-            conn.request(method, path, body=data, headers=headers)
-            response = conn.getresponse()
-            raw = response.read()
-            return response.status, json.loads(raw) if raw.strip() else None
-        except (OSError, http.client.HTTPException, ValueError) as e:
-            raise DockerError(f"dockerd at {self.path}: {e}") from None
+            client = docker.APIClient(base_url=self.docker_host, version=self._version or "auto",
+                                      timeout=timeout)
+        except docker.errors.DockerException as e:
+            raise DockerError(f"dockerd at {self.docker_host}: {e}") from None
+        self._version = client.api_version
+        return client
+
+    def _call(self, method, *args, timeout=DOCKER_TIMEOUT, **kwargs):
+        import docker
+
+        client = self.api(timeout)
+        try:
+            return getattr(client, method)(*args, **kwargs)
+        except docker.errors.NotFound as e:
+            raise NotFound(f"dockerd at {self.docker_host}: {e}") from None
+        except docker.errors.APIError as e:
+            raise Refused(e.explanation or str(e)) from None
+        except (docker.errors.DockerException, OSError) as e:  # requests' errors are OSErrors
+            raise DockerError(f"dockerd at {self.docker_host}: {e}") from None
         finally:
-            conn.close()
+            client.close()
 
-    def get(self, path, timeout=10.0):
-        status, answer = self.request("GET", path, timeout=timeout)
-        if status != 200:
-            raise DockerError(f"GET {path}: {status} {answer}")
-        return answer
-
-    def containers(self, filters=None, timeout=10.0):
-        query = "all=1" + (f"&filters={urllib.parse.quote(json.dumps(filters))}" if filters else "")
-        return self.get(f"/containers/json?{query}", timeout=timeout)
+    def containers(self, filters=None, timeout=DOCKER_TIMEOUT):
+        return self._call("containers", all=True, filters=filters, timeout=timeout)
 
     def inspect(self, container_id):
-        status, answer = self.request("GET", f"/containers/{container_id}/json")
-        return answer if status == 200 else None
+        """The container's details, or None when dockerd has no such container."""
+        try:
+            return self._call("inspect_container", container_id)
+        except NotFound:
+            return None
+
+    def network_exists(self, name):
+        try:
+            self._call("inspect_network", name)
+            return True
+        except NotFound:
+            return False
+
+    def create_network(self, name, driver, ipam_config):
+        self._call("create_network", name, driver=driver, check_duplicate=True,
+                   ipam={"Driver": driver, "Config": [ipam_config]})
 
     def events(self, filters):
         """Subscribes to dockerd's events (at once: none is missed after this returns) and
         returns an iterator over them as dicts, which raises DockerError when the stream ends."""
-        conn = _UnixConnection(self.path, None)
-        try:
-            conn.request("GET", f"/events?filters={urllib.parse.quote(json.dumps(filters))}")
-            response = conn.getresponse()
-            if response.status != 200:
-                raise DockerError(f"GET /events: {response.status}")
-        except (OSError, http.client.HTTPException) as e:
-            conn.close()
-            raise DockerError(f"dockerd at {self.path}: {e}") from None
-        except DockerError:
-            conn.close()
-            raise
-        return self._read_events(conn, response)
+        import docker
 
-    def _read_events(self, conn, response):
+        client = self.api()
         try:
-            buffer = b""
-            while True:
-                chunk = response.read1(65536)
-                if not chunk:
-                    raise DockerError("dockerd closed the event stream")
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if line.strip():
-                        yield json.loads(line)
-        except (OSError, http.client.HTTPException, ValueError) as e:
-            raise DockerError(f"dockerd at {self.path}: {e}") from None
+            stream = client.events(filters=filters, decode=True)
+        except (docker.errors.DockerException, OSError) as e:
+            client.close()
+            raise DockerError(f"dockerd at {self.docker_host}: {e}") from None
+        return self._read_events(client, stream)
+
+    def _read_events(self, client, stream):
+        import docker
+
+        try:
+            yield from stream
+            raise DockerError("dockerd closed the event stream")
+        except (docker.errors.DockerException, OSError, ValueError) as e:
+            raise DockerError(f"dockerd at {self.docker_host}: {e}") from None
         finally:
-            conn.close()
+            stream.close()
+            client.close()

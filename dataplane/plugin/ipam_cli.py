@@ -85,31 +85,3 @@ def format_blocks(store, plugin):
                              + ", ".join(sorted(blocks)) + f"  ({state})")
     return "\n".join(lines)
 
-
-def format_plugin_status(plugin):
-    """The lines `weavefast status` adds for the Docker plugin."""
-    lines = ["", f"docker plugin: {plugin['host']}"]
-    store = plugin["store"]
-    if store is None:
-        lines.append("  store: none (address ranges announced through the mesh)")
-    elif store["state"] == "reachable":
-        lines.append(f"  store: etcd {store['endpoints']}, reachable")
-    else:
-        lines.append(f"  store: etcd {store['endpoints']}, UNREACHABLE: new address blocks wait "
-                     f"for it ({store['error']})")
-    used = sum(b["used"] for blocks in plugin["blocks"].values() for b in blocks)
-    count = sum(len(blocks) for blocks in plugin["blocks"].values())
-    lines.append(f"  address blocks: {count}, {used} address(es) in use")
-    for c in plugin.get("conflicts", []):
-        lines.append(f"  refused range {c['range']}: host {c['host']} has {c['their_range']}")
-    network = plugin.get("network")
-    if network:
-        lines.append(f"  ready-made network {network['name']}: {network['state']}")
-    names = plugin.get("names")
-    if names:
-        lines.append(f"  docker: {names['docker']}, {names['records']} name record(s)")
-    setting = plugin.get("dns", {}).get("setting")
-    if setting:
-        lines.append(f"  dns: {setting['address']}, dockerd setting "
-                     + ("in place" if setting["in_place"] else f"MISSING: {setting['fix']}"))
-    return lines

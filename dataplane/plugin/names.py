@@ -267,8 +267,12 @@ class Names:
 
     def close(self):
         self._closing.set()
+        for thread in self._threads[1:]:  # the store's: it may be renewing the lease
+            thread.join()
         if self._lease is not None and self.cluster.store is not None:
-            try:  # our names go at once rather than when the lease ends
+            try:  # our names and our host key go at once rather than when the lease ends:
+                # a router stopped on purpose is not alive (`weavefast ipam rmpeer`)
                 self.cluster.store.delete_prefix(records_prefix(self.cluster.host))
+                self.cluster.store.delete(host_key(self.cluster.host))
             except StoreError:
                 pass

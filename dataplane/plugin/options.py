@@ -1,10 +1,9 @@
-"""The options of `weavefast router --plugin` beyond the plugin's socket and state
-directory (kept light: defining them imports no netlink or plugin code)."""
+"""The options of `weavefast router --plugin` beyond the plugin's socket, state directory
+and reconciliation with dockerd (kept light: defining them imports no netlink code)."""
 import os
 
 from dataplane.dns.server import DEFAULT_DNS_ADDRESS
 from dataplane.plugin import blocks
-from dataplane.plugin.docker_api import DEFAULT_DOCKER_HOST
 from dataplane.plugin.ipam import DEFAULT_SUBNET
 
 DEFAULT_NETWORK = "weavefast"
@@ -32,10 +31,6 @@ def add_arguments(p):
     p.add_argument("--dns-address", default=DEFAULT_DNS_ADDRESS, metavar="IP",
                    help="where weavefast's DNS server listens, on the bridge (default %(default)s; "
                         "'' for none); set dockerd's \"dns\" to it")
-    p.add_argument("--plugin-docker-host",
-                   default=os.environ.get("DOCKER_HOST", DEFAULT_DOCKER_HOST),
-                   metavar="unix:///PATH", help="dockerd's API socket (default: $DOCKER_HOST or "
-                                                "unix:///var/run/docker.sock)")
     p.add_argument("--docker-config", default=DEFAULT_DOCKER_CONFIG, metavar="PATH",
                    help="dockerd's daemon.json, checked for the \"dns\" setting "
                         "(default %(default)s)")

@@ -11,12 +11,15 @@ is saved before it becomes current (see state.py), so a failed call changes noth
 At start and every few seconds the plugin also puts the containers' ports back on
 the bridge if the bridge was recreated meanwhile (see driver.reattach_ports), gives
 back address blocks that stayed empty (blocks.py) and announces its address ranges
-through the mesh when there is no store. With a Docker API to follow (`docker`), it
-also keeps containers' names and previous addresses (names.py).
+through the mesh when there is no store. With a Docker API to follow (`docker_host`),
+it also keeps containers' names and previous addresses (names.py) and frees what
+dockerd no longer uses (see reconcile.py). `GET /status` on the same socket answers
+the plugin's status (networks, endpoints, address blocks, last errors) as JSON.
 
 The router runs the same server in its own process with `start_plugin()`.
 """
 import argparse
+import collections
 import contextlib
 import errno
 import http.server
@@ -30,18 +33,22 @@ import threading
 import time
 from pathlib import Path
 
-from dataplane.plugin import blocks
+from dataplane.plugin import blocks, overlay, report
+from dataplane.plugin.docker_api import DockerClient
 from dataplane.plugin.driver import Driver, parse_mtu, reattach_ports
 from dataplane.plugin.ipam import DEFAULT_SUBNET, Ipam
 from dataplane.plugin.names import Names
 from dataplane.plugin.protocol import BadRequest, PluginError
+from dataplane.plugin.reconcile import DEFAULT_INTERVAL, Reconciler
 from dataplane.plugin.state import StateError, StateStore
 from dataplane.store import EtcdStore
 
 DEFAULT_SOCKET = "/run/docker/plugins/weavefast.sock"
 DEFAULT_STATE_DIR = "/var/lib/weavefast/plugin"
 DEFAULT_BRIDGE = "weavefast"
-DEFAULT_MTU = 1430
+DEFAULT_DOCKER_HOST = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+DEFAULT_STATUS_ADDR = "127.0.0.1:6784"
+KEPT_ERRORS = 10  # the last errors shown in the status
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 REQUEST_TIMEOUT = 30  # seconds a client may take to send its request
 MAINTENANCE_INTERVAL = 1  # seconds between block releases and range announcements
@@ -68,27 +75,33 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         method = self.path.lstrip("/")
         error_key = "Error" if method.startswith("IpamDriver.") else "Err"
         handler = plugin.methods.get(method)
-        if handler is None:
-            try:  # read what the client sends: closing on it unread breaks its pipe
-                self._read_json()
-            except BadRequest:
-                pass
-            return self._answer(404, {"Err": f"weavefast plugin has no method {method!r}"})
         try:
-            request = self._read_json()
+            request = self._read_json()  # before any answer: a client still sending gets EPIPE
+            if handler is None:
+                return self._answer(404, {"Err": f"weavefast plugin has no method {method!r}"})
             with plugin.store.transaction() as state:
                 answer = handler(state, request)
         except BadRequest as e:
             log.warning("%s: bad request: %s", method, e)
+            plugin.record_error(f"{method}: bad request: {e}")
             return self._answer(400, {error_key: f"bad request: {e}"})
         except PluginError as e:
             log.warning("%s: %s", method, e)
+            plugin.record_error(f"{method}: {e}")
             return self._answer(200, {error_key: str(e)})
         except Exception as e:  # report it to dockerd rather than drop the connection
             log.exception("%s failed", method)
+            plugin.record_error(f"{method}: internal error: {e}")
             return self._answer(500, {error_key: f"internal error: {e}"})
         log.debug("%s %s -> %s", method, request, answer)
         self._answer(200, answer)
+        if method not in _READ_ONLY:
+            plugin.changed()
+
+    def do_GET(self):
+        if self.path != "/status":
+            return self._answer(404, {"Err": f"weavefast plugin has no page {self.path!r}"})
+        self._answer(200, self.server.plugin.status())
 
     def _read_json(self):
         try:
@@ -124,19 +137,29 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class Plugin:
-    """A running plugin server; `close()` stops it and removes its socket."""
+    """A running plugin server; `close()` stops it and removes its socket.
 
-    def __init__(self, bridge, mtu, socket_path, state_dir, cluster=None, docker=None,
-                 dns_address=None, default_subnet=DEFAULT_SUBNET):
+    `overlay_mtu()` gives the router's overlay MTU (see overlay.py). With a
+    `docker_host` (e.g. unix:///var/run/docker.sock) the plugin follows that dockerd
+    for names (names.py) and reconciles its state with it every `reconcile_interval`
+    seconds (see reconcile.py). `cluster` is blocks.Cluster (this host alone when None).
+    """
+
+    def __init__(self, bridge, overlay_mtu, socket_path, state_dir, docker_host=None,
+                 reconcile_interval=DEFAULT_INTERVAL, cluster=None, dns_address=None,
+                 default_subnet=DEFAULT_SUBNET):
         self.socket_path = Path(socket_path)
         _claim_socket_path(self.socket_path)
         self.store = StateStore(state_dir)
+        self.overlay_mtu = overlay_mtu
+        self.errors = collections.deque(maxlen=KEPT_ERRORS)
         self.cluster = cluster or blocks.Cluster(socket.gethostname())
-        self.names = Names(self.store, self.cluster, docker,
-                           usage=lambda: blocks.summary(self.store.data)) if docker else None
+        self.docker = DockerClient(docker_host) if docker_host else None
+        self.names = Names(self.store, self.cluster, self.docker,
+                           usage=lambda: blocks.summary(self.store.data)) if self.docker else None
         ipam = Ipam(self.cluster, default_subnet,
                     self.names.previous_address if self.names else None)
-        driver = Driver(bridge, mtu, dns_address)
+        driver = Driver(bridge, overlay_mtu, dns_address)
         self.methods = {
             "Plugin.Activate": _activate,
             "NetworkDriver.GetCapabilities": driver.get_capabilities,
@@ -163,6 +186,12 @@ class Plugin:
         self._next_reconcile = 0.0
         self._announced = None
         self._maintain()
+        self.reconciler = None
+        if self.docker:
+            self.reconciler = Reconciler(self.store, driver, ipam, self.docker,
+                                         driver_name=self.socket_path.stem,
+                                         interval=reconcile_interval,
+                                         on_error=self.record_error)
         self._server = _UnixHTTPServer(str(self.socket_path), _Handler)
         self._server.plugin = self
         self._closing = threading.Event()
@@ -176,6 +205,23 @@ class Plugin:
         ]
         for thread in self._threads:
             thread.start()
+        if self.reconciler:  # after serving: dockerd may be waiting for us to answer
+            self.reconciler.start()
+
+    def record_error(self, message):
+        """Keep `message` (already logged) for the status's last errors."""
+        self.errors.append({"time": time.time(), "message": message})
+
+    def changed(self):
+        """A call changed the state: let the reconciler look at Docker soon."""
+        if self.reconciler:
+            self.reconciler.soon()
+
+    def _known_overlay_mtu(self):
+        try:
+            return self.overlay_mtu()
+        except PluginError:
+            return None
 
     def _reattach_ports(self):
         try:
@@ -220,20 +266,29 @@ class Plugin:
             self._maintain()
 
     def status(self):
-        """The plugin's part of the router's status: address blocks, store, names."""
+        """The plugin's part of `weavefast status` (see report.py): networks, endpoints,
+        reconciliation, address blocks, store, names."""
         # without the lock: a call waiting on the store must not hold up the router's
         # status (it runs on the control plane's loop); the state is replaced, never changed
         state = self.store.data
-        summary = blocks.summary(state)
+        reconciler, docker_networks, reconciliation = self.reconciler, {}, None
+        if reconciler:
+            docker_networks = reconciler.networks
+            reconciliation = {"docker_host": reconciler.docker_host,
+                              "interval": reconciler.interval, "last": reconciler.last_pass}
         conflicts = blocks.mesh_conflicts(self.cluster, state)
         store = self.cluster.store
         return {
+            **report.plugin_status(
+                state, socket=str(self.socket_path), overlay_mtu=self._known_overlay_mtu(),
+                docker_networks=docker_networks, reconciliation=reconciliation,
+                errors=list(self.errors)),
             "host": self.cluster.host,
             "store": None if store is None else {
                 "endpoints": store.display,
                 "state": "unreachable" if self.cluster.store_error else "reachable",
                 "error": self.cluster.store_error, "since": self.cluster.store_error_since},
-            "blocks": summary,
+            "blocks": blocks.summary(state),
             "conflicts": [{"subnet": c[0], "range": c[1], "host": c[2], "their_range": c[3]}
                           for c in conflicts],
             "peer_ranges": {} if self.cluster.mesh is None or store is not None else {
@@ -244,6 +299,8 @@ class Plugin:
 
     def close(self):
         self._closing.set()
+        if self.reconciler:
+            self.reconciler.close()
         if self.names:
             self.names.close()
         self._server.shutdown()
@@ -264,15 +321,31 @@ def _activate(state, request):
     return {"Implements": ["NetworkDriver", "IpamDriver"]}
 
 
-def start_plugin(bridge=DEFAULT_BRIDGE, mtu=DEFAULT_MTU, socket_path=DEFAULT_SOCKET,
-                 state_dir=DEFAULT_STATE_DIR, **cluster_options):
+# calls that change nothing: no reason to look at Docker after them
+_READ_ONLY = {"Plugin.Activate", "NetworkDriver.GetCapabilities",
+              "NetworkDriver.EndpointOperInfo", "IpamDriver.GetCapabilities",
+              "IpamDriver.GetDefaultAddressSpaces", "NetworkDriver.DiscoverNew",
+              "NetworkDriver.DiscoverDelete", "NetworkDriver.ProgramExternalConnectivity",
+              "NetworkDriver.RevokeExternalConnectivity"}
+
+
+def start_plugin(bridge=DEFAULT_BRIDGE, mtu=None, socket_path=DEFAULT_SOCKET,
+                 state_dir=DEFAULT_STATE_DIR, docker_host=None,
+                 reconcile_interval=DEFAULT_INTERVAL, status_addr=DEFAULT_STATUS_ADDR,
+                 **cluster_options):
     """Serve the plugin from a thread of this process (as `weavefast router --plugin` does).
+
+    `mtu` is the overlay MTU when the caller knows it (the router does); without it the
+    plugin asks the router's status API at `status_addr`. With `docker_host` it
+    reconciles with that dockerd (see reconcile.py).
 
     Returns a `Plugin` handle; `handle.close()` stops serving and removes the socket.
     Raises OSError when the socket cannot be bound (another plugin serving it, no
     permission) and StateError when the state file cannot be read.
     """
-    return Plugin(bridge, mtu, socket_path, state_dir, **cluster_options)
+    overlay_mtu = overlay.fixed(mtu) if mtu else overlay.RouterMTU(f"http://{status_addr}/status")
+    return Plugin(bridge, overlay_mtu, socket_path, state_dir, docker_host, reconcile_interval,
+                  **cluster_options)
 
 
 def _claim_socket_path(path):
@@ -300,9 +373,13 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--bridge", default=DEFAULT_BRIDGE,
                         help="the overlay bridge containers are attached to; created if the "
                              "router has not (default %(default)s)")
-    parser.add_argument("--mtu", type=_mtu_argument, default=DEFAULT_MTU,
-                        help="MTU of container interfaces, the overlay MTU; a network's "
-                             "-o mtu=N overrides it (default %(default)s)")
+    parser.add_argument("--mtu", type=_mtu_argument,
+                        help="the overlay MTU, given to container interfaces; a network's "
+                             "-o mtu=N may only lower it (default: asked from the router)")
+    parser.add_argument("--status-addr", default=DEFAULT_STATUS_ADDR, metavar="HOST:PORT",
+                        help="the router's status API, asked for the overlay MTU "
+                             "(default %(default)s)")
+    add_reconcile_arguments(parser)
     parser.add_argument("--store", default=os.environ.get("WEAVEFAST_STORE"),
                         metavar="etcd://HOST:2379",
                         help="cluster store for address blocks (default $WEAVEFAST_STORE; none: "
@@ -318,6 +395,27 @@ def add_arguments(parser: argparse.ArgumentParser):
                                                 "given back (default %(default)s)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
+
+
+def add_reconcile_arguments(parser, prefix=""):
+    """--docker-host and --reconcile-interval (prefixed `--plugin-` in the router)."""
+    parser.add_argument(f"--{prefix}docker-host", default=DEFAULT_DOCKER_HOST, metavar="URL",
+                        help="dockerd's API, asked what is still in use (default: $DOCKER_HOST "
+                             "or unix:///var/run/docker.sock)")
+    parser.add_argument(f"--{prefix}reconcile-interval", type=_interval_argument,
+                        default=DEFAULT_INTERVAL, metavar="SECONDS",
+                        help="how often to free what dockerd no longer uses; a leak lives at "
+                             "most about twice this (default %(default)g)")
+
+
+def _interval_argument(text):
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return seconds
 
 
 def _mtu_argument(text):
@@ -338,13 +436,15 @@ def run(args) -> int:
     try:
         store = EtcdStore(args.store) if args.store else None
         plugin = start_plugin(args.bridge, args.mtu, args.socket, args.state_dir,
+                              args.docker_host, args.reconcile_interval, args.status_addr,
                               cluster=blocks.Cluster(args.name, store, block_prefix=args.block_size,
                                                      grace=args.block_grace))
     except (OSError, StateError, ValueError) as e:
         log.error("cannot start: %s", e)
         return 1
-    log.info("serving NetworkDriver and IpamDriver on %s (bridge %s, mtu %d, state in %s)",
-             args.socket, args.bridge, args.mtu, args.state_dir)
+    log.info("serving NetworkDriver and IpamDriver on %s (bridge %s, mtu %s, state in %s)",
+             args.socket, args.bridge, args.mtu or f"the router's at {args.status_addr}",
+             args.state_dir)
     with plugin:
         stop.wait()
     log.info("stopped")

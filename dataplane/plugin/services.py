@@ -25,7 +25,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from dataplane.dns import DnsServer
 from dataplane.errors import RouterError
 from dataplane.plugin import blocks
-from dataplane.plugin.docker_api import DockerClient, DockerError
+from dataplane.plugin.docker_api import DockerError, Refused
 from dataplane.plugin.server import start_plugin
 from dataplane.store import EtcdStore
 
@@ -70,10 +70,6 @@ class PluginServices:
         self.mesh = blocks.MeshLink()
         self.cluster = blocks.Cluster(peer_name, store, self.mesh, args.block_size,
                                       args.block_grace)
-        try:
-            self.docker = DockerClient(args.plugin_docker_host)
-        except ValueError as e:
-            raise RouterError(f"--plugin-docker-host: {e}") from None
         self._closing = threading.Event()
         self.plugin = None
         try:
@@ -81,8 +77,10 @@ class PluginServices:
                 self._start_dns(args.dns_address)
             # last: once its socket exists, dockerd (and a stop request) may come at any time
             self.plugin = start_plugin(bridge=bridge, mtu=mtu, socket_path=args.plugin_socket,
-                                       state_dir=args.plugin_state_dir, cluster=self.cluster,
-                                       docker=self.docker, dns_address=args.dns_address or None,
+                                       state_dir=args.plugin_state_dir,
+                                       docker_host=args.plugin_docker_host,
+                                       reconcile_interval=args.plugin_reconcile_interval,
+                                       cluster=self.cluster, dns_address=args.dns_address or None,
                                        default_subnet=args.subnet)
         except OSError as e:
             self.close()
@@ -92,8 +90,11 @@ class PluginServices:
         except BaseException:
             self.close()
             raise
-        self.network_state = "waiting for dockerd" if args.network else None
-        if args.network:
+        if args.network and not self.plugin.docker:
+            log.warning("no ready-made network %s: --plugin-docker-host '' leaves no dockerd "
+                        "to create it with", args.network)
+        self.network_state = "waiting for dockerd" if args.network and self.plugin.docker else None
+        if self.network_state:
             threading.Thread(target=self._create_network, daemon=True,
                              name="weavefast-network").start()
 
@@ -144,23 +145,17 @@ class PluginServices:
         name, subnet = self.args.network, self.args.subnet
         while not self._closing.is_set():
             try:
-                status, _ = self.docker.request("GET", f"/networks/{name}")
-                if status == 200:
-                    self.network_state = "ready"
-                    return
-                pool = {"Subnet": subnet, **({"IPRange": self.args.ip_range}
-                                             if self.args.ip_range else {})}
-                status, answer = self.docker.request("POST", "/networks/create", {
-                    "Name": name, "Driver": "weavefast", "CheckDuplicate": True,
-                    "IPAM": {"Driver": "weavefast", "Config": [pool]}})
-                if status == 201:
+                if not self.plugin.docker.network_exists(name):
+                    self.plugin.docker.create_network(name, "weavefast", {
+                        "Subnet": subnet, **({"IPRange": self.args.ip_range}
+                                             if self.args.ip_range else {})})
                     log.info("created Docker network %s (%s)", name, subnet)
-                    self.network_state = "ready"
-                    return
-                reason = (answer or {}).get("message", status)
-                if self.network_state != f"not created: {reason}":
-                    log.warning("cannot create Docker network %s: %s", name, reason)
-                self.network_state = f"not created: {reason}"
+                self.network_state = "ready"
+                return
+            except Refused as e:
+                if self.network_state != f"not created: {e}":
+                    log.warning("cannot create Docker network %s: %s", name, e)
+                self.network_state = f"not created: {e}"
             except DockerError as e:
                 log.debug("dockerd not answering yet: %s", e)
             self._closing.wait(NETWORK_RETRY)
@@ -188,6 +183,7 @@ class PluginServices:
                 "network": self.network_state and {"name": self.args.network,
                                                    "state": self.network_state},
                 "dns": {
+            "address": self.args.dns_address or None,
             "setting": self.dns_setting(),
             "answered": self.dns.answered if self.dns else 0,
             "forwarded": self.dns.forwarded if self.dns else 0}}

@@ -31,6 +31,8 @@ static inline size_t wf_cmsg_len(size_t n) { return CMSG_LEN(n); }
 
 /* Counters are written by the forwarding threads and read by Python. */
 static inline void wf_count(uint64_t *c, uint64_t n) { __atomic_fetch_add(c, n, __ATOMIC_RELAXED); }
+/* Reserves n values of a counter that several threads draw from; returns the first. */
+static inline uint64_t wf_take(uint64_t *c, uint64_t n) { return __atomic_fetch_add(c, n, __ATOMIC_RELAXED); }
 static inline uint64_t wf_load(const uint64_t *c) { return __atomic_load_n(c, __ATOMIC_RELAXED); }
 static inline uint64_t wf_load_acquire(const uint64_t *c) { return __atomic_load_n(c, __ATOMIC_ACQUIRE); }
 static inline void wf_store_release(uint64_t *c, uint64_t v) { __atomic_store_n(c, v, __ATOMIC_RELEASE); }

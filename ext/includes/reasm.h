@@ -16,7 +16,7 @@
 
 typedef struct {
     uint32_t src;
-    uint64_t seq;
+    uint32_t msg;       /* message id from the fragment header */
     uint32_t total;
     uint32_t have;      /* bytes held; 0 = slot free */
     uint64_t stamp;     /* last use, for reuse of the oldest slot */
@@ -48,7 +48,7 @@ static inline void wf_reasm_free(wf_reasm *r) {
 
 /* Adds one fragment (already checked by wf_check_fragment). Returns the whole
  * message (valid until the next call) when this fragment completes it. */
-static inline const uint8_t *wf_reasm_feed(wf_reasm *r, uint32_t src, uint64_t seq,
+static inline const uint8_t *wf_reasm_feed(wf_reasm *r, uint32_t src, uint32_t msg,
                                            uint32_t total, uint32_t offset,
                                            const uint8_t *chunk, uint32_t len,
                                            uint64_t *dropped) {
@@ -57,7 +57,7 @@ static inline const uint8_t *wf_reasm_feed(wf_reasm *r, uint32_t src, uint64_t s
     for (unsigned i = 0; i < r->nslots; i++) {
         wf_reasm_slot *c = &r->slots[i];
         if (c->have && c->src == src) {
-            if (c->seq == seq) { s = c; break; }
+            if (c->msg == msg) { s = c; break; }
             peer_slot = c;
         }
     }
@@ -73,7 +73,7 @@ static inline const uint8_t *wf_reasm_feed(wf_reasm *r, uint32_t src, uint64_t s
             s = oldest;
         }
         s->src = src;
-        s->seq = seq;
+        s->msg = msg;
         s->total = total;
         s->have = 0;
     }

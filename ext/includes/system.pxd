@@ -144,6 +144,7 @@ cdef extern from "compat.h" nogil:
     size_t wf_cmsg_space(size_t n)
     size_t wf_cmsg_len(size_t n)
     void wf_count(uint64_t *c, uint64_t n)
+    uint64_t wf_take(uint64_t *c, uint64_t n)
     uint64_t wf_load(const uint64_t *c)
     uint64_t wf_load_acquire(const uint64_t *c)
     void wf_store_release(uint64_t *c, uint64_t v)

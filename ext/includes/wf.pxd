@@ -1,5 +1,6 @@
-# The weavefast C headers: wire format and forwarding table.
+# The weavefast C headers: wire format, AEAD envelope, replay window, forwarding table.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int64_t, uint64_t
+from includes.system cimport iovec
 
 cdef extern from "wire.h" nogil:
     enum:
@@ -11,29 +12,63 @@ cdef extern from "wire.h" nogil:
         WF_DROP_BAD_LENGTH, WF_DROP_BAD_FRAGMENT, WF_DROP_UNKNOWN_PEER, WF_DROP_HOP_LIMIT
         WF_DROP_HAIRPIN, WF_DROP_NO_PEER, WF_DROP_NO_ROUTE, WF_DROP_REASSEMBLY
         WF_DROP_TAP_WRITE, WF_DROP_UDP_SEND, WF_DROP_CONTROL_QUEUE, WF_DROP_OVERSIZE
+        WF_DROP_BAD_TAG, WF_DROP_REPLAYED, WF_DROP_UNKNOWN_KEY, WF_DROP_NO_SESSION
         WF_DROP_COUNT
     ctypedef struct wf_header:
         uint8_t type
-        uint8_t flags
+        uint8_t lane
         uint8_t hops
         uint16_t key_id
         uint32_t src_peer
         uint32_t dst_peer
-        uint64_t seq
+        uint64_t counter
     uint16_t wf_get16(const uint8_t *p)
     uint32_t wf_get32(const uint8_t *p)
     void wf_put16(uint8_t *p, uint16_t v)
     void wf_put32(uint8_t *p, uint32_t v)
     void wf_put64(uint8_t *p, uint64_t v)
+    uint64_t wf_get64(const uint8_t *p)
     void wf_put_header(uint8_t *p, const wf_header *h)
-    void wf_put_plain_header(uint8_t *p, uint8_t type, uint32_t src, uint32_t dst, uint64_t seq)
+    void wf_put_plain_header(uint8_t *p, uint8_t type, uint32_t src, uint32_t dst)
+    void wf_patch_header(uint8_t *p, uint8_t lane, uint16_t key_id, uint64_t counter)
     int wf_get_header(const uint8_t *p, size_t len, wf_header *h)
     void wf_put_record_header(uint8_t *p, uint16_t len, uint8_t rflags)
     int wf_check_records(const uint8_t *p, size_t len, unsigned *count)
-    int wf_check_fragment(const uint8_t *p, size_t len, uint32_t *total, uint32_t *offset)
+    int wf_check_fragment(const uint8_t *p, size_t len, uint32_t *msg, uint32_t *total,
+                          uint32_t *offset)
     uint64_t wf_mac48(const uint8_t *m)
     uint16_t wf_frame_vlan(const uint8_t *eth, size_t len)
     int wf_is_multicast(const uint8_t *mac)
+
+cdef extern from "aead.h" nogil:
+    enum:
+        WF_TRAILER_LEN, WF_KEY_LEN, WF_TOKEN_LEN
+        WF_CIPHER_NONE, WF_CIPHER_AES_256_GCM, WF_CIPHER_CHACHA20_POLY1305
+    ctypedef struct wf_aead:
+        uint8_t cipher
+        uint8_t token[16]
+        uint32_t gen
+    int wf_aead_global_init()
+    void wf_aead_clear(wf_aead *a)
+    int wf_aead_set_key(wf_aead *a, int cipher, const uint8_t *key, uint32_t gen, int encrypt)
+    long wf_aead_seal(wf_aead *a, uint64_t counter, const uint8_t *aad, size_t aad_len,
+                      const iovec *body, int n, uint8_t *out)
+    int wf_aead_open(wf_aead *a, uint64_t counter, const uint8_t *aad, size_t aad_len,
+                     uint8_t *body, size_t len)
+    void OPENSSL_cleanse(void *p, size_t n)
+
+cdef extern from "replay.h" nogil:
+    enum:
+        WF_REPLAY_WINDOW
+    ctypedef struct wf_replay:
+        uint16_t key_id
+        uint64_t top
+    void wf_replay_reset(wf_replay *r, uint16_t key_id)
+    int wf_replay_fresh(const wf_replay *r, uint64_t c)
+    int wf_replay_update(wf_replay *r, uint64_t c)
+    int wf_replay_accept(wf_replay *r, uint16_t key_id, uint64_t c)
+    void wf_replay_lock(wf_replay *r)
+    void wf_replay_unlock(wf_replay *r)
 
 cdef extern from "fdb.h" nogil:
     enum:
@@ -60,7 +95,7 @@ cdef extern from "reasm.h" nogil:
         pass
     int wf_reasm_init(wf_reasm *r, unsigned slots)
     void wf_reasm_free(wf_reasm *r)
-    const uint8_t *wf_reasm_feed(wf_reasm *r, uint32_t src, uint64_t seq, uint32_t total,
+    const uint8_t *wf_reasm_feed(wf_reasm *r, uint32_t src, uint32_t msg, uint32_t total,
                                  uint32_t offset, const uint8_t *chunk, uint32_t len,
                                  uint64_t *dropped)
 

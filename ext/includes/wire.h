@@ -1,4 +1,4 @@
-/* weavefast wire format, version 1 (docs/ARCHITECTURE.md is the reference).
+/* weavefast wire format, version 2 (docs/ARCHITECTURE.md is the reference).
  *
  * Everything here is pure byte work on caller-owned memory: no allocation,
  * no syscalls, safe to call without the GIL. Functions that validate input
@@ -13,10 +13,10 @@
 
 /* Wire format. */
 #define WF_MAGIC 0x5746u
-#define WF_VERSION 1
+#define WF_VERSION 2
 #define WF_HEADER_LEN 24
 #define WF_RECORD_HDR_LEN 4
-#define WF_FRAG_HDR_LEN 8
+#define WF_FRAG_HDR_LEN 12
 #define WF_VNET_HDR_LEN 10
 #define WF_ETH_HLEN 14
 #define WF_TYPE_FRAMES 1
@@ -45,17 +45,21 @@ enum wf_drop {
     WF_DROP_UDP_SEND,
     WF_DROP_CONTROL_QUEUE,
     WF_DROP_OVERSIZE,
+    WF_DROP_BAD_TAG,
+    WF_DROP_REPLAYED,
+    WF_DROP_UNKNOWN_KEY,
+    WF_DROP_NO_SESSION,
     WF_DROP_COUNT
 };
 
 typedef struct {
     uint8_t type;
-    uint8_t flags;
+    uint8_t lane;        /* the sending worker: receivers steer on it */
     uint8_t hops;
-    uint16_t key_id;
+    uint16_t key_id;     /* the receiver's index of the session key */
     uint32_t src_peer;
     uint32_t dst_peer;
-    uint64_t seq;
+    uint64_t counter;    /* per key, never repeated: the AEAD nonce */
 } wf_header;
 
 static inline uint16_t wf_get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
@@ -69,23 +73,31 @@ static inline void wf_put32(uint8_t *p, uint32_t v) {
 static inline void wf_put64(uint8_t *p, uint64_t v) {
     wf_put32(p, (uint32_t)(v >> 32)); wf_put32(p + 4, (uint32_t)v);
 }
+static inline uint64_t wf_get64(const uint8_t *p) { return (uint64_t)wf_get32(p) << 32 | wf_get32(p + 4); }
 
 static inline void wf_put_header(uint8_t *p, const wf_header *h) {
     wf_put16(p, WF_MAGIC);
     p[2] = WF_VERSION;
     p[3] = h->type;
-    p[4] = h->flags;
+    p[4] = h->lane;
     p[5] = h->hops;
     wf_put16(p + 6, h->key_id);
     wf_put32(p + 8, h->src_peer);
     wf_put32(p + 12, h->dst_peer);
-    wf_put64(p + 16, h->seq);
+    wf_put64(p + 16, h->counter);
 }
 
-/* A header with no flags, hops or key: what this version originates. */
-static inline void wf_put_plain_header(uint8_t *p, uint8_t type, uint32_t src, uint32_t dst, uint64_t seq) {
-    wf_header h = {.type = type, .src_peer = src, .dst_peer = dst, .seq = seq};
+/* A header template: lane, key id and counter are patched in when it is sent. */
+static inline void wf_put_plain_header(uint8_t *p, uint8_t type, uint32_t src, uint32_t dst) {
+    wf_header h = {.type = type, .src_peer = src, .dst_peer = dst};
     wf_put_header(p, &h);
+}
+
+/* What the sender patches into each datagram's header just before sealing. */
+static inline void wf_patch_header(uint8_t *p, uint8_t lane, uint16_t key_id, uint64_t counter) {
+    p[4] = lane;
+    wf_put16(p + 6, key_id);
+    wf_put64(p + 16, counter);
 }
 
 static inline int wf_get_header(const uint8_t *p, size_t len, wf_header *h) {
@@ -94,12 +106,12 @@ static inline int wf_get_header(const uint8_t *p, size_t len, wf_header *h) {
     if (p[2] != WF_VERSION) return WF_DROP_BAD_VERSION;
     if (p[3] < WF_TYPE_FRAMES || p[3] > WF_TYPE_CONTROL) return WF_DROP_BAD_TYPE;
     h->type = p[3];
-    h->flags = p[4];
+    h->lane = p[4];
     h->hops = p[5];
     h->key_id = wf_get16(p + 6);
     h->src_peer = wf_get32(p + 8);
     h->dst_peer = wf_get32(p + 12);
-    h->seq = (uint64_t)wf_get32(p + 16) << 32 | wf_get32(p + 20);
+    h->counter = wf_get64(p + 16);
     return WF_OK;
 }
 
@@ -127,11 +139,13 @@ static inline int wf_check_records(const uint8_t *p, size_t len, unsigned *count
     return WF_OK;
 }
 
-static inline int wf_check_fragment(const uint8_t *p, size_t len,
+/* A FRAGMENT body: message id, total length, offset, then the chunk. */
+static inline int wf_check_fragment(const uint8_t *p, size_t len, uint32_t *msg,
                                     uint32_t *total, uint32_t *offset) {
     if (len < WF_FRAG_HDR_LEN) return WF_DROP_BAD_FRAGMENT;
-    *total = wf_get32(p);
-    *offset = wf_get32(p + 4);
+    *msg = wf_get32(p);
+    *total = wf_get32(p + 4);
+    *offset = wf_get32(p + 8);
     size_t chunk = len - WF_FRAG_HDR_LEN;
     if (chunk == 0 || *total == 0 || *total > WF_MAX_MESSAGE ||
         *offset > *total || chunk > *total - *offset)

@@ -1,0 +1,70 @@
+/* Replay window (RFC 6479): a ring of 64-bit blocks holding which of the
+ * last WF_REPLAY_WINDOW counters below the highest one were accepted.
+ *
+ * Check before opening a datagram (cheap rejection), update only after its
+ * tag verified, so a forged counter can never move the window. Several
+ * receive threads may open datagrams of one key, so update takes a small
+ * spin lock; `key_id` ties the window to the key it was reset for.
+ */
+#ifndef WF_REPLAY_H
+#define WF_REPLAY_H
+
+#include <stdint.h>
+#include <string.h>
+
+#define WF_REPLAY_BLOCKS 129                       /* one more than the window needs */
+#define WF_REPLAY_WINDOW ((WF_REPLAY_BLOCKS - 1) * 64)   /* 8192 counters */
+
+typedef struct {
+    unsigned char lock;
+    uint16_t key_id;
+    uint64_t top;       /* highest counter accepted */
+    uint64_t blocks[WF_REPLAY_BLOCKS];
+} wf_replay;
+
+static inline void wf_replay_reset(wf_replay *r, uint16_t key_id) {
+    memset(r->blocks, 0, sizeof(r->blocks));
+    r->top = 0;
+    r->key_id = key_id;
+}
+
+/* 1: the counter has not been seen and is not too old. */
+static inline int wf_replay_fresh(const wf_replay *r, uint64_t c) {
+    if (c > r->top) return 1;
+    if (r->top - c >= WF_REPLAY_WINDOW) return 0;
+    return !((r->blocks[(c >> 6) % WF_REPLAY_BLOCKS] >> (c & 63)) & 1);
+}
+
+/* Marks the counter seen; 0 when it was not fresh (a replay). */
+static inline int wf_replay_update(wf_replay *r, uint64_t c) {
+    if (!wf_replay_fresh(r, c)) return 0;
+    if (c > r->top) {
+        uint64_t block = r->top >> 6, target = c >> 6, steps = target - block;
+        if (steps > WF_REPLAY_BLOCKS) steps = WF_REPLAY_BLOCKS;
+        for (uint64_t i = 1; i <= steps; i++) r->blocks[(block + i) % WF_REPLAY_BLOCKS] = 0;
+        r->top = c;
+    }
+    r->blocks[(c >> 6) % WF_REPLAY_BLOCKS] |= (uint64_t)1 << (c & 63);
+    return 1;
+}
+
+static inline void wf_replay_lock(wf_replay *r) {
+    while (__atomic_test_and_set(&r->lock, __ATOMIC_ACQUIRE))
+        while (__atomic_load_n(&r->lock, __ATOMIC_RELAXED)) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        }
+}
+static inline void wf_replay_unlock(wf_replay *r) { __atomic_clear(&r->lock, __ATOMIC_RELEASE); }
+
+/* The receive path: 1 when the counter is fresh for this key and is now marked. */
+static inline int wf_replay_accept(wf_replay *r, uint16_t key_id, uint64_t c) {
+    int ok;
+    wf_replay_lock(r);
+    ok = r->key_id == key_id && wf_replay_update(r, c);
+    wf_replay_unlock(r);
+    return ok;
+}
+
+#endif
