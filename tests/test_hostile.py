@@ -61,6 +61,8 @@ def check_survived(tb, args):
     host, and the router's resources and log stayed bounded."""
     h1, h2, h3 = tb.hosts
     log = h1.router.output()
+    print(f"after the flood: {rss_kb(h1.router.pid) // 1024} MB resident, {open_fds(h1.router.pid)} fds, "
+          f"{len(log)} bytes of log, refused {tb.status(h1)['refused']}")
     assert "Traceback" not in log
     assert len(log) < 20_000, f"the flood inflated the log to {len(log)} bytes"
     assert max(map(len, log.splitlines())) < 600
@@ -186,6 +188,7 @@ def test_floods_before_authentication_stay_bounded(testbed_factory, open_files):
                 watcher.cancel()
 
         big, quiet = asyncio.run(flood_watched())
+        print(f"during the flood: at most {peak['rss'] // 1024} MB resident, {peak['fds']} fds")
         assert peak["rss"] < RSS_LIMIT_KB and peak["fds"] < FD_LIMIT, peak
         status = tb.status(h1)
         refused = status["refused"]

@@ -66,4 +66,5 @@ def test_floods_do_not_grow_memory(tb):
     assert tb.status(h1)["drops"]["unknown_key"] - drops_before >= 39_000   # a few may be lost on the way
     assert tb.ping(c1, c2.ip4).ok, "forwarding stopped after the floods"
     for host in tb.hosts:
+        print(f"{host.name}: peak {peak_rss_kb(host.router.pid) // 1024} MB resident")
         assert peak_rss_kb(host.router.pid) < RSS_LIMIT_KB, f"{host.name} router grew past {RSS_LIMIT_KB // 1024} MB"
