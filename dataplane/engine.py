@@ -422,7 +422,7 @@ class _Climbing:
     """How much a running count rose within the last CLIMB_WINDOW seconds."""
 
     def __init__(self):
-        self.samples = deque([(time.monotonic(), 0)])
+        self.samples = deque([(float("-inf"), 0)])   # counted from 0 until a window has passed
 
     def rise(self, value: int, now: float) -> int:
         while len(self.samples) > 1 and self.samples[1][0] <= now - CLIMB_WINDOW:
