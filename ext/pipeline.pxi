@@ -28,12 +28,7 @@
 # write provoked leaves in the same wake-up. When its loop keeps finding work
 # (HELP_AFTER rounds in a row: bulk traffic), it wakes the TX thread
 # ("wf-tx<i>"), which then serves the TAP alone until the TAP has been idle
-# for HELP_IDLE_MS, hands it back and parks again. Before it sleeps, the RX
-# thread spins up to spin_ns for more work (the answer to what it just sent):
-# spin_ns goes to SPIN_MAX_NS when work came within that time of going to
-# sleep or of spinning, and halves each time a spin or a sleep was for nothing
-# longer, so a host that answers the far side's requests stops spinning and a
-# quiet router spins never.
+# for HELP_IDLE_MS, hands it back and parks again.
 #
 # Shared state (forwarding table, peer table, control queue) sits behind one
 # mutex that a thread takes once per batch. Threads read peers from a private
@@ -55,7 +50,6 @@ cdef enum:
     POLL_MS = 1000
     HELP_AFTER = 4       # busy rounds in a row before the RX thread calls the TX thread
     HELP_IDLE_MS = 2     # the TX thread hands the TAP back after this long without frames
-    SPIN_MAX_NS = 30000  # the RX thread's longest spin for more work before it sleeps
 
 cdef enum:  # per-peer counters
     P_TX_FRAMES
@@ -157,7 +151,6 @@ cdef struct Worker:
     int help_efd                  # wakes the parked TX thread to serve the TAP
     int back_efd                  # tells the RX thread that the TAP is its own again
     uint64_t helping              # 1 while the TX thread serves the TAP
-    int64_t spin_ns               # how long the RX thread spins before it sleeps (adaptive)
     uint64_t tx_stats[N_STATS]
     uint64_t rx_stats[N_STATS]
     # TX
@@ -205,9 +198,6 @@ cdef struct Worker:
 
 cdef extern from "<pthread.h>" nogil:
     int pthread_setname_np(pthread_t t, const char *name)
-
-cdef extern from "<sched.h>" nogil:
-    int sched_yield()
 
 
 cdef inline uint32_t now_seconds() noexcept nogil:
@@ -815,12 +805,6 @@ cdef unsigned rx_batch(Worker *w) noexcept nogil:
     return n
 
 
-cdef inline int64_t now_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec * 1000000000 + ts.tv_nsec
-
-
 cdef inline unsigned rx_round(Worker *w) noexcept nogil:
     """One round of the RX thread: the socket drained, then one TX batch.
     Returns how many datagrams and frames it moved."""
@@ -836,30 +820,11 @@ cdef inline unsigned rx_round(Worker *w) noexcept nogil:
     return n
 
 
-cdef inline bint rx_spin(Worker *w) noexcept nogil:
-    """Spins up to spin_ns for more work; True if some came (and was done)."""
-    cdef int64_t start, waited
-    if w.spin_ns <= 0:
-        return False
-    start = now_ns()
-    while not w.sh.stop:
-        if rx_round(w):
-            w.spin_ns = SPIN_MAX_NS
-            return True
-        waited = now_ns() - start
-        if waited >= w.spin_ns:
-            w.spin_ns //= 2
-            return False
-        sched_yield()   # a thread that waits for this core gets it first
-    return False
-
-
 cdef void *rx_main(void *arg) noexcept nogil:
     cdef Worker *w = <Worker *>arg
     cdef pollfd fds[4]
     cdef unsigned busy, i
     cdef uint64_t value
-    cdef int64_t slept
     fds[0].fd = w.udp_fd
     fds[1].fd = w.sh.stop_efd
     fds[2].fd = w.back_efd
@@ -869,17 +834,13 @@ cdef void *rx_main(void *arg) noexcept nogil:
     while not w.sh.stop:
         # The TAP is ours to watch unless the TX thread serves it.
         fds[3].fd = -1 if wf_load_acquire(&w.helping) else w.tap_fd
-        slept = now_ns()
         if poll(fds, 4, POLL_MS) <= 0 or w.sh.stop:
-            w.spin_ns //= 2
             continue
-        # Work that came this soon after going to sleep: spinning would have caught it.
-        w.spin_ns = SPIN_MAX_NS if now_ns() - slept < SPIN_MAX_NS else w.spin_ns // 2
         if fds[2].revents:
             read(w.back_efd, &value, sizeof(value))
         busy = 0
         while not w.sh.stop:
-            if not rx_round(w) and not rx_spin(w):
+            if not rx_round(w):
                 break
             busy += 1
             if busy == HELP_AFTER and not wf_load_acquire(&w.helping):
