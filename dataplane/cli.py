@@ -14,6 +14,10 @@ SUBCOMMANDS = {
     "connect": ("dataplane.control.cli", "add a peer to a running router"),
     "forget": ("dataplane.control.cli", "remove a peer from a running router"),
     "plugin": ("dataplane.plugin.server", "serve Docker's remote network and IPAM driver"),
+    "expose": ("dataplane.expose", "give this host an address on the overlay"),
+    "hide": ("dataplane.expose", "take this host's overlay address away"),
+    "install-service": ("dataplane.service", "install and start the systemd units (router and "
+                                             "Docker plugin, before docker.service)"),
     "bench": ("dataplane.bench", "measure weavefast against kernel VXLAN and a direct veth"),
 }
 

@@ -10,15 +10,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import signal
 import socket
 import sys
 import time
 
-from dataplane.control import ControlConfig, ControlPlane
-from dataplane.control.status import StatusServer
+from dataplane.control import ControlConfig, ControlPlane, messages
+from dataplane.control.status import StatusServer, token_path_for
 from dataplane.addresses import format_address, parse_hostport
 from dataplane.errors import RouterError, require_root
+from dataplane.plugin.server import add_reconcile_arguments
 
 DEFAULT_PORT = 6783
 DEFAULT_STATUS = "127.0.0.1:6784"
@@ -66,6 +68,7 @@ def add_arguments(p) -> None:
                    help="the plugin's socket, where dockerd looks for it")
     p.add_argument("--plugin-state-dir", default="/var/lib/weavefast/plugin", metavar="DIR",
                    help="where the plugin keeps its networks and endpoints")
+    add_reconcile_arguments(p, prefix="plugin-")
     p.add_argument("-v", "--verbose", action="store_true", help="log control-plane events")
 
 
@@ -112,6 +115,8 @@ def config_from_args(args):
         raise RouterError(f"--down-after {args.down_after}: use a positive number of seconds")
     if not 0.1 <= args.rekey_after <= 3600:
         raise RouterError(f"--rekey-after {args.rekey_after}: use 0.1 to 3600 seconds")
+    if not messages.valid_name(args.name):
+        raise RouterError(f"--name {args.name!r}: use 1 to {messages.MAX_NAME} letters, digits or . _ - : @ +")
     peer_id = default_peer_id(args.name) if args.peer_id is None else args.peer_id
     if not 0 < peer_id < 2 ** 32:
         raise RouterError(f"--peer-id {peer_id}: use 1 to 4294967295")
@@ -150,19 +155,22 @@ def degradation_line(d) -> str:
     return f"DEGRADED: {d['what']}: {d['why']}; fix: {d['fix']}"
 
 
-async def serve(dp, control_config: ControlConfig, status_addr: str) -> None:
-    """Runs the control plane and the status API until SIGINT or SIGTERM."""
+async def serve(dp, control_config: ControlConfig, status_addr: str, plugin=None) -> None:
+    """Runs the control plane and the status API until SIGINT or SIGTERM; `plugin`, the
+    Docker plugin served alongside, shows in the status."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     started = time.time()
     control = ControlPlane(dp, control_config)
-    status = StatusServer(control, parse_hostport(status_addr, 6784, "--status-addr"), details=lambda: {
+    status = StatusServer(control, parse_hostport(status_addr, 6784, "--status-addr"),
+                          token_file=token_path_for(control_config.name), details=lambda: {
         "uptime": round(time.time() - started, 1), "bridge": dp.config.bridge,
         "tap": dp.config.tap_name, "mtu": dp.mtu,
         "mac_table": {"size": dp.fdb_size(), "capacity": dp.config.fdb_capacity},
-        "workers": dp.worker_counters(), "degradations": dp.degradations()})
+        "workers": dp.worker_counters(), "degradations": dp.degradations(),
+        "plugin": plugin.status() if plugin else None})
     try:
         await control.start()
     except OSError as e:
@@ -175,6 +183,7 @@ async def serve(dp, control_config: ControlConfig, status_addr: str) -> None:
             raise RouterError(f"status API {status_addr}: {e.strerror} "
                               "(choose another --status-addr)") from None
         sweeper = asyncio.create_task(sweep(dp))
+        notify_ready()
         await stop.wait()
         sweeper.cancel()
         await status.stop()
@@ -214,7 +223,11 @@ def run(args) -> int:
                   file=sys.stderr, flush=True)
         elif args.cipher != "auto":
             print(f"weavefast router: data cipher {args.cipher}", flush=True)
-        asyncio.run(serve(dp, control, args.status_addr))
+        if plugin is not None:
+            print(f"weavefast router: Docker plugin serving NetworkDriver and IpamDriver on "
+                  f"{args.plugin_socket} (state in {args.plugin_state_dir}, reconciled with "
+                  f"{args.plugin_docker_host})", flush=True)
+        asyncio.run(serve(dp, control, args.status_addr, plugin))
     except RouterError as e:
         print(f"weavefast router: {e}", file=sys.stderr)
         return 2
@@ -225,12 +238,25 @@ def run(args) -> int:
     return 0
 
 
+def notify_ready() -> None:
+    """Tell systemd (Type=notify) that the router forwards and its plugin serves, so that
+    units ordered after it (docker.service) start only now."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(b"READY=1", address)
+
+
 def start_plugin_for(args, mtu: int):
     from dataplane.plugin import start_plugin
 
     try:
         return start_plugin(bridge=args.bridge, mtu=mtu, socket_path=args.plugin_socket,
-                            state_dir=args.plugin_state_dir)
+                            state_dir=args.plugin_state_dir, docker_host=args.plugin_docker_host,
+                            reconcile_interval=args.plugin_reconcile_interval)
     except OSError as e:
         raise RouterError(f"Docker plugin on {args.plugin_socket}: {e.strerror or e} "
                           "(is `weavefast plugin` already running? stop it, or drop --plugin)") from None

@@ -309,15 +309,16 @@ class Testbed:
         return subprocess.run(nsenter_argv(self._ns(node)) + list(argv), timeout=timeout,
                               check=check, capture_output=True, text=True, **kwargs)
 
-    def start(self, node, argv, name=None):
-        """Start a long-running program in `node`'s namespace; stopped by close()."""
+    def start(self, node, argv, name=None, env=None):
+        """Start a long-running program in `node`'s namespace, with `env` added to its
+        environment; stopped by close()."""
         ns = self._ns(node)
         name = name or f"{ns}-{len(self.processes)}"
         log_path = self._log_dir / f"{name}.log"
         with open(log_path, "wb") as log:
             popen = subprocess.Popen(nsenter_argv(ns) + list(argv), stdin=subprocess.DEVNULL,
                                      stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, env=_python_env())
+                                     start_new_session=True, env=_python_env() | (env or {}))
         process = Process(name=name, netns=ns, popen=popen, log_path=log_path)
         self.processes.append(process)
         return process

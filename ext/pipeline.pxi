@@ -575,6 +575,9 @@ cdef void rx_reassemble(Worker *w, uint32_t src_peer, int src_slot, uint32_t msg
         st[C_COUNT + err] += 1
         return
     rx_deliver(w, whole, total, src_peer, src_slot, st)
+    # Frames held for coalescing point into the reassembly slot, which the next
+    # fragment may reuse: write them now.
+    rx_uso_flush(w, st)
 
 
 cdef void rx_gather_spill(Worker *w, uint64_t *st) noexcept nogil:

@@ -11,7 +11,12 @@ inside one private mount namespace of its own:
 - dockerd with its own data root, exec root and API socket (`workdir/docker.sock`),
   its own cgroup parent, and `--iptables=false --ip6tables=false --bridge=none
   --ip-forward=false --ip-masq=false`: it touches nothing outside the namespace;
-- `weavefast plugin` (`start_plugin()` / `stop_plugin()` to restart it).
+- the plugin: `weavefast plugin` on its own (`start_plugin()` / `stop_plugin()` to
+  restart it), told the overlay MTU with --mtu, or asking the router for it
+  (`mtu="router"`); or, with `plugin="router"`, `weavefast router --plugin` started as
+  its systemd unit would be: before dockerd, which starts only once the router has
+  said READY=1 on $NOTIFY_SOCKET. `reboot()` stops dockerd and the plugin's process
+  and starts them again in that order. Either plugin reconciles with this dockerd.
 
 The mount namespace is held by an "anchor" process (`sleep infinity`); the others
 join it with `nsenter -t ANCHOR -m`. Every process is started through the testbed
@@ -140,9 +145,12 @@ def wait_for_socket(path, process, timeout=15.0):
 # -- an engine per simulated host ---------------------------------------------------
 
 class DockerEngine:
-    def __init__(self, tb, host, workdir, bridge="weavefast", mtu=None):
+    def __init__(self, tb, host, workdir, bridge="weavefast", mtu=None, plugin="standalone",
+                 plugin_args=(), peers=(), live_restore=False):
         self.tb, self.host, self.workdir = tb, host, Path(workdir)
         self.bridge, self.mtu = bridge, mtu or tb.overlay_mtu
+        self.plugin_mode, self.plugin_args, self.peers = plugin, list(plugin_args), peers
+        self.live_restore = live_restore
         self.name = f"{tb.prefix}-{host.name}"
         self.api_socket = self.workdir / "docker.sock"
         self.cgroup_parent = self.name
@@ -157,10 +165,7 @@ class DockerEngine:
             raise
 
     def _in_mount_ns(self, argv, name):
-        process = self.tb.start(self.host, ["nsenter", "-t", str(self.anchor.pid), "-m", "--",
-                                            *argv], name=f"{self.name}-{name}")
-        self.processes.append(process)
-        return process
+        return self._in_mount_ns_env(argv, name, None)
 
     def _start(self):
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -191,10 +196,17 @@ class DockerEngine:
         wait_for_socket(Path(f"/proc/{self.anchor.pid}/root/run/containerd/containerd.sock"),
                         containerd)
 
+        if self.plugin_mode == "router":
+            self.start_router()
+        self.start_dockerd()
+        if self.plugin_mode == "standalone":
+            self.start_plugin()
+
+    def start_dockerd(self):
         daemon_config = self.workdir / "daemon.json"
         # the trust key would otherwise go to /etc/docker/key.json
-        daemon_config.write_text(json.dumps({"deprecated-key-path":
-                                             str(self.workdir / "key.json")}))
+        daemon_config.write_text(json.dumps({"deprecated-key-path": str(self.workdir / "key.json"),
+                                             "live-restore": self.live_restore}))
         self.dockerd = self._in_mount_ns([
             "dockerd", "--config-file", str(daemon_config),
             "--data-root", str(self.workdir / "docker"), "--exec-root", "/run/docker",
@@ -204,23 +216,94 @@ class DockerEngine:
             "--iptables=false", "--ip6tables=false", "--bridge=none",
             "--ip-forward=false", "--ip-masq=false", "--userland-proxy=false",
         ], "dockerd")
-        wait_for_socket(self.api_socket, self.dockerd)
-        self.start_plugin()
+        wait_for_socket(self.api_socket, self.dockerd, timeout=60)
+
+    def stop_dockerd(self):
+        """SIGTERM, as systemd stops it; dockerd stops its containers unless live-restore."""
+        code = self._stop(self.dockerd, grace=60)
+        self.dockerd = None
+        return code
+
+    def reboot(self, live_restore=None):
+        """Stop dockerd, then the plugin's process; start them again in the systemd
+        units' order (weavefast first), with `live_restore` if given."""
+        if live_restore is not None:
+            self.live_restore = live_restore
+        assert self.stop_dockerd() == 0
+        if self.plugin_mode == "router":
+            assert self.stop_router() == 0
+            self.start_router()
+        else:
+            assert self.stop_plugin() == 0
+            self.start_plugin()
+        self.start_dockerd()
+
+    def _stop(self, process, grace=10):
+        code = process.stop(grace=grace)
+        self.processes.remove(process)
+        return code
 
     # -- the plugin -----------------------------------------------------------------
 
+    def _reconcile_args(self, prefix=""):
+        return [f"--{prefix}docker-host", f"unix://{self.api_socket}"]
+
     def start_plugin(self):
+        mtu = [] if self.mtu == "router" else ["--mtu", str(self.mtu)]
         self.plugin = self._in_mount_ns([
-            sys.executable, "-m", "dataplane", "plugin", "--bridge", self.bridge,
-            "--mtu", str(self.mtu), "--state-dir", str(self.workdir / "plugin-state"),
-            "--log-level", "debug"], "plugin")
+            sys.executable, "-m", "dataplane", "plugin", "--bridge", self.bridge, *mtu,
+            "--state-dir", str(self.workdir / "plugin-state"), "--log-level", "debug",
+            *self._reconcile_args(), *self.plugin_args], "plugin")
         wait_for_socket(self.plugin_socket, self.plugin)
 
-    def stop_plugin(self):
-        code = self.plugin.stop()
-        self.processes.remove(self.plugin)
+    def stop_plugin(self, sig=signal.SIGTERM):
+        """Stop `weavefast plugin` (SIGKILL: as if it crashed); returns its exit code."""
+        if sig == signal.SIGKILL:
+            os.killpg(self.plugin.pid, signal.SIGKILL)
+        code = self._stop(self.plugin)
         self.plugin = None
         return code
+
+    def start_router(self):
+        """`weavefast router --plugin` as weavefast.service runs it: returns once it has
+        told $NOTIFY_SOCKET it is ready, and checks that the plugin answers by then."""
+        notify_path = self.workdir / "notify.sock"
+        notify_path.unlink(missing_ok=True)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.bind(str(notify_path))
+            notify.settimeout(30)
+            argv = [sys.executable, "-m", "dataplane", "router", "--name", self.host.netns,
+                    "--bridge", self.bridge, "--plugin", "--plugin-state-dir",
+                    str(self.workdir / "plugin-state"), *self._reconcile_args("plugin-"),
+                    *self.plugin_args]
+            for peer in self.peers:
+                argv += ["--peer", peer.underlay_ip]
+            self.plugin = self.host.router = self._in_mount_ns_env(
+                argv, "router", {"NOTIFY_SOCKET": str(notify_path)})
+            try:
+                message = notify.recv(100)
+            except TimeoutError:
+                raise TimeoutError(f"router said nothing on $NOTIFY_SOCKET:\n"
+                                   f"{self.plugin.output()[-3000:]}") from None
+        assert message == b"READY=1", message
+        status, answer = plugin_call(self.plugin_socket, "Plugin.Activate", timeout=1)
+        assert status == 200 and "NetworkDriver" in answer["Implements"], answer
+
+    def stop_router(self):
+        code = self._stop(self.plugin)
+        self.plugin = self.host.router = None
+        return code
+
+    def _in_mount_ns_env(self, argv, name, env):
+        process = self.tb.start(self.host, ["nsenter", "-t", str(self.anchor.pid), "-m", "--",
+                                            *argv], name=f"{self.name}-{name}", env=env)
+        self.processes.append(process)
+        return process
+
+    def run_in(self, argv):
+        """Run a short command in this host's namespaces (network and mount)."""
+        return self.tb.run(self.host, ["nsenter", "-t", str(self.anchor.pid), "-m", "--", *argv],
+                           check=False, env=testbed._python_env())  # the cwd becomes /
 
     def plugin_state(self):
         return json.loads((self.workdir / "plugin-state" / "state.json").read_text())

@@ -14,6 +14,7 @@ import json
 import logging
 import socket
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -357,11 +358,12 @@ def test_partial_mesh_routes_through_the_middle_router():
     run(scenario())
 
 
-def test_status_api_metrics_cli_connect_and_forget(capsys):
+def test_status_api_metrics_cli_connect_and_forget(capsys, tmp_path):
     async def scenario():
         a, b = Node("a", 1), Node("b", 2)
         async with running(a, b):
-            server = StatusServer(a.cp, ("127.0.0.1", 0), details=lambda: {"mtu": 1430})
+            server = StatusServer(a.cp, ("127.0.0.1", 0), details=lambda: {"mtu": 1430},
+                                  token_file=tmp_path / "run" / "a.token")
             await server.start()
             try:
                 address = "%s:%d" % server.address
@@ -416,6 +418,49 @@ def test_status_api_metrics_cli_connect_and_forget(capsys):
 
                 await cli_async("connect", f"127.0.0.1:{b.cp.config.port}")
                 await until(lambda: a.state("b") == ESTABLISHED, "a-b established again")
+            finally:
+                await server.stop()
+            assert not (tmp_path / "run" / "a.token").exists(), "the token file outlived the router"
+    run(scenario())
+
+
+def test_changes_need_the_token_and_no_browser_may_make_them(tmp_path):
+    async def scenario():
+        a = Node("a", 1)
+        async with running(a):
+            token_file = tmp_path / "a.token"
+            server = StatusServer(a.cp, ("127.0.0.1", 0), token_file=token_file)
+            await server.start()
+            try:
+                assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+                token = token_file.read_text().strip()
+                url = "http://%s:%d/connect" % server.address
+                body = json.dumps({"host": "127.0.0.1", "port": 9}).encode()
+
+                def post(headers):
+                    request = urllib.request.Request(url, data=body, headers=headers)
+                    try:
+                        with urllib.request.urlopen(request, timeout=5) as reply:
+                            return reply.status, json.load(reply)
+                    except urllib.error.HTTPError as exc:
+                        return exc.code, json.load(exc)
+
+                async def attempt(headers):
+                    return await asyncio.get_running_loop().run_in_executor(None, post, headers)
+
+                json_type = {"Content-Type": "application/json"}
+                code, reply = await attempt(json_type)
+                assert code == 401 and "needs the router's token" in reply["error"]
+                code, _ = await attempt({**json_type, "Authorization": "Bearer " + "0" * 64})
+                assert code == 401
+                code, reply = await attempt({**json_type, "Authorization": f"Bearer {token}",
+                                             "Origin": "http://evil.example"})
+                assert code == 403 and "cross-origin" in reply["error"]
+                code, _ = await attempt({"Content-Type": "text/plain", "Authorization": f"Bearer {token}"})
+                assert code == 415
+                assert a.peer("127.0.0.1:9") is None and not a.cp.peers, "a refused request changed the router"
+                code, reply = await attempt({**json_type, "Authorization": f"Bearer {token}"})
+                assert code == 200 and reply == {"connecting": "127.0.0.1:9"}
             finally:
                 await server.stop()
     run(scenario())

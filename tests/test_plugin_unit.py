@@ -191,6 +191,9 @@ def known_ids(plugin):
      "mtu 'jumbo' is not a number"),
     ("NetworkDriver.CreateNetwork", {"NetworkID": "m" * 64, "Options": {
         "com.docker.network.generic": {"colour": "blue"}}}, 200, "Err", "unknown option(s) colour"),
+    ("NetworkDriver.CreateNetwork", {"NetworkID": "m" * 64, "Options": {
+        "com.docker.network.generic": {"mtu": "1401"}}}, 200, "Err",
+     f"-o mtu=1401 is larger than the overlay carries: at most {MTU}"),
     ("NetworkDriver.CreateNetwork", {"NetworkID": "k" * 64}, 200, "Err", "already exists"),
     ("IpamDriver.RequestPool", {"AddressSpace": "WeavefastLocal", "Pool": "10.46.0.0/16"},
      200, "Error", "--ip-range"),

@@ -5,6 +5,7 @@ Two routers (h1, h2) with a container each, and a third host on the same
 underlay that runs no router (the stranger). A packet socket in h1 captures
 what crosses h1's underlay link, as tcpdump would.
 """
+import contextlib
 import json
 import os
 import random
@@ -144,51 +145,58 @@ def test_blind_injection_reaches_no_container(tb):
     seen one datagram), but not the keys or the session token."""
     h1, h2, stranger = tb.hosts
     c1, c2 = tb.containers
-    real = from_host(capture_traffic(tb), h2)
-    assert real, "no datagram from h2 captured"
-    key_ids = {int.from_bytes(d[6:8], "big") for d in real}   # the header is never encrypted
-    top = max(int.from_bytes(d[16:24], "big") for d in real)
+    captured = capture_traffic(tb)   # h1's link sees both directions
     ids = {h.name: tb.status(h)["peer_id"] for h in (h1, h2)}
     marker = b"FORGED-" + os.urandom(8).hex().encode()
     rng = random.Random(8)
+    forgeries = {}   # target -> {expected drop reason: datagrams}
+    for target, sender in ((h1, h2), (h2, h1)):
+        real = from_host(captured, sender)
+        assert real, f"no datagram from {sender.name} captured"
+        key_ids = {int.from_bytes(d[6:8], "big") for d in real}   # the target's ids: never encrypted
+        top = max(int.from_bytes(d[16:24], "big") for d in real)
+        src, dst = ids[sender.name], ids[target.name]
 
-    def forged(kind, body, key_id, dst_peer, src_peer=None, counter=None):
-        header = wire.encode_header(kind, ids['h2'] if src_peer is None else src_peer, dst_peer,
-                                    top + rng.randrange(1000, 10**6) if counter is None else counter,
-                                    key_id=key_id)
-        return header + body + rng.randbytes(wire.TRAILER_LEN)
+        def forged(kind, body, key_id, dst_peer):
+            header = wire.encode_header(kind, src, dst_peer, top + rng.randrange(1000, 10**6), key_id=key_id)
+            return header + body + rng.randbytes(wire.TRAILER_LEN)
 
-    records = [(0, frame) for frame in forged_frames(tb, marker)]
-    frames_body = wire.encode_datagrams(ids['h2'], ids['h1'], 0, records, 1400)[0][wire.HEADER_LEN:]
-    big = wire.encode_datagrams(ids['h2'], ids['h1'], 0, [(0, forged_frames(tb, marker * 300)[0])], 1400)
-    bodies = [(wire.TYPE_FRAMES, frames_body, ids['h1']),
-              (wire.TYPE_FRAMES, frames_body, 0),                       # "for anyone"
-              (wire.TYPE_FRAGMENT, big[0][wire.HEADER_LEN:], ids['h1']),
-              (wire.TYPE_CONTROL, struct.pack("!4sBQd", b"WFHB", 2, 1, time.monotonic()), ids['h1']),
-              (wire.TYPE_FRAMES, frames_body, 0xC0FFEE)]                # to be relayed onwards
-    datagrams = {"unknown_key": [], "bad_tag": []}
-    for kind, body, dst in bodies:
-        for key_id in (0, rng.randrange(1, 1 << 16) & ~0x3FC):   # none, or a made-up one of slot 0
-            if key_id not in key_ids:
-                datagrams["unknown_key"].append(forged(kind, body, key_id, dst))
-        for key_id in key_ids:
-            datagrams["bad_tag"].append(forged(kind, body, key_id, dst))
+        records = [(0, frame) for frame in forged_frames(tb, marker)]
+        frames_body = wire.encode_datagrams(src, dst, 0, records, 1400)[0][wire.HEADER_LEN:]
+        big = wire.encode_datagrams(src, dst, 0, [(0, forged_frames(tb, marker * 300)[0])], 1400)
+        bodies = [(wire.TYPE_FRAMES, frames_body, dst),
+                  (wire.TYPE_FRAMES, frames_body, 0),                       # "for anyone"
+                  (wire.TYPE_FRAGMENT, big[0][wire.HEADER_LEN:], dst),
+                  (wire.TYPE_CONTROL, struct.pack("!4sBQd", b"WFHB", 2, 1, time.monotonic()), dst),
+                  (wire.TYPE_FRAMES, frames_body, 0xC0FFEE)]                # to be relayed onwards
+        batches = forgeries[target.name] = {"unknown_key": [], "bad_tag": []}
+        for kind, body, dst_peer in bodies:
+            for key_id in (0, rng.randrange(1, 1 << 16) & ~0x3FC):   # none, or a made-up one of slot 0
+                if key_id not in key_ids:
+                    batches["unknown_key"].append(forged(kind, body, key_id, dst_peer))
+            for key_id in key_ids:
+                batches["bad_tag"].append(forged(kind, body, key_id, dst_peer))
     before = {h.name: drops(tb, h) for h in (h1, h2)}
     fdb_before = tb.run(h1, ["bridge", "fdb", "show", "br", h1.bridge]).stdout
 
-    with tb.socket(c1) as listener, tb.socket(c1, socket.AF_PACKET, socket.SOCK_RAW,
-                                              socket.htons(ETH_P_ALL)) as sniffer:
+    with contextlib.ExitStack() as stack:
+        listener = stack.enter_context(tb.socket(c1))
         listener.bind((c1.ip4, LISTEN_PORT))
         listener.setblocking(False)
-        sniffer.bind(("eth0", 0))
-        sniffer.setblocking(False)
+        sniffers = []
+        for container in (c1, c2):
+            sniffer = stack.enter_context(tb.socket(container, socket.AF_PACKET, socket.SOCK_RAW,
+                                                    socket.htons(ETH_P_ALL)))
+            sniffer.bind(("eth0", 0))
+            sniffer.setblocking(False)
+            sniffers.append(sniffer)
         with tb.socket(stranger) as out:
-            for batch in datagrams.values():
-                for datagram in batch:
-                    for target in (h1, h2):
+            for target in (h1, h2):
+                for batch in forgeries[target.name].values():
+                    for datagram in batch:
                         out.sendto(datagram, (target.underlay_ip, testbed.ROUTER_PORT))
-        expected = {reason: len(batch) for reason, batch in datagrams.items() if batch}
         for target in (h1, h2):
+            expected = {reason: len(batch) for reason, batch in forgeries[target.name].items() if batch}
             tb.wait_for(lambda: all(moved(before[target.name], drops(tb, target)).get(r, 0) >= n
                                     for r, n in expected.items()), what=f"{target.name} counts the forgeries")
             assert moved(before[target.name], drops(tb, target)) == expected
@@ -196,9 +204,9 @@ def test_blind_injection_reaches_no_container(tb):
         with tb.socket(c2) as genuine:
             genuine.sendto(b"genuine", (c1.ip4, LISTEN_PORT))
         got = tb.wait_for(lambda: _recv_all(listener), what="the genuine datagram")
-        seen_by_c1 = b"".join(_recv_all(sniffer))
+        seen_by_containers = b"".join(b"".join(_recv_all(sniffer)) for sniffer in sniffers)
     assert got == [b"genuine"]
-    assert marker not in seen_by_c1
+    assert marker not in seen_by_containers
     assert FORGED_MAC not in tb.run(h1, ["bridge", "fdb", "show", "br", h1.bridge]).stdout
     assert FORGED_MAC not in fdb_before
 
@@ -238,9 +246,10 @@ def test_captured_datagrams_replayed_or_altered_are_dropped(tb):
         replayed_into_c1 = _recv_all(listener)
     # A copy of a datagram h1 already accepted fails the replay window whatever
     # was altered in it; with a secret, an altered one also fails its tag.
-    assert counted == {"replayed": sent} or set(counted) <= {"replayed", "bad_tag"}
-    assert sum(counted.values()) == sent
-    assert counted.get("replayed", 0) >= len(captured)
+    # (unknown_key: sealed with a key the session has retired since, e.g. of a duplicate connection)
+    assert set(counted) <= {"replayed", "bad_tag", "unknown_key"}, counted
+    assert sum(counted.values()) >= sent, counted
+    assert counted.get("replayed", 0) + counted.get("unknown_key", 0) >= len(captured), counted
     assert replayed_into_c1 == []
 
 

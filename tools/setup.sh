@@ -9,7 +9,8 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-packages=(iproute2 iputils-ping iperf3 tcpdump nftables procps busybox-static docker.io make gcc libssl-dev)
+# systemd: systemd-analyze checks the shipped units in the tests; libssl-dev: the core links libcrypto
+packages=(iproute2 iputils-ping iperf3 tcpdump nftables procps busybox-static docker.io systemd make gcc libssl-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

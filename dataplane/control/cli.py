@@ -1,5 +1,12 @@
-"""`weavefast status|report|connect|forget`: talk to a running router's status API."""
+"""`weavefast status|report|connect|forget`: talk to a running router's status API.
+
+The Docker plugin's part of the status comes from the router when it serves the plugin
+(`router --plugin`), else from a `weavefast plugin` running on its own, asked on its
+socket.
+"""
+import http.client
 import json
+import socket
 import sys
 import time
 import urllib.error
@@ -9,10 +16,16 @@ from dataplane.addresses import parse_hostport
 from dataplane.control.status import DEFAULT_ADDRESS
 from dataplane.errors import RouterError
 
+PLUGIN_SOCKET = "/run/docker/plugins/weavefast.sock"
+
 
 def add_arguments_for(name, parser):
     parser.add_argument("--status-addr", default="%s:%d" % DEFAULT_ADDRESS, metavar="HOST:PORT",
                         help="the router's status API (default %(default)s)")
+    if name in ("status", "report"):
+        parser.add_argument("--plugin-socket", default=PLUGIN_SOCKET, metavar="PATH",
+                            help="where a `weavefast plugin` running on its own answers "
+                                 "(default %(default)s)")
     if name == "status":
         parser.add_argument("what", nargs="?", choices=["peers"],
                             help="'peers': one line per peer")
@@ -30,13 +43,19 @@ def run(args):
         return 2
     try:
         if args.command in ("connect", "forget"):
-            reply = _request(base + "/" + args.command, {"host": host, "port": port or None})
+            token = _token(_request(base + "/status"))
+            reply = _request(base + "/" + args.command, {"host": host, "port": port or None}, token)
             print(", ".join(reply["forgotten"]) + ": forgotten" if "forgotten" in reply
                   else f"connecting to {reply['connecting']}")
             return 0
         status = _request(base + "/status")
+        if not status.get("plugin"):
+            status["plugin"] = standalone_plugin_status(args.plugin_socket)
     except urllib.error.HTTPError as exc:
         print(f"weavefast {args.command}: {json.load(exc).get('error', exc)}", file=sys.stderr)
+        return 1
+    except _NoToken as exc:
+        print(f"weavefast {args.command}: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"weavefast {args.command}: no router answers at {base} ({getattr(exc, 'reason', exc)}); "
@@ -52,9 +71,46 @@ def run(args):
     return 0
 
 
-def _request(url, body=None):
+def standalone_plugin_status(path):
+    """The status of a `weavefast plugin` serving `path`, or None when none does."""
+
+    class Connection(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(self.timeout)
+            self.sock.connect(path)
+
+    connection = Connection("localhost", timeout=5)
+    try:
+        connection.request("GET", "/status")
+        reply = connection.getresponse()
+        return json.load(reply) if reply.status == 200 else None
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+    finally:
+        connection.close()
+
+
+class _NoToken(Exception):
+    pass
+
+
+def _token(status):
+    """The router's token for changes, from the file its status names."""
+    path = status.get("control_token_file")
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except PermissionError:
+        raise _NoToken(f"cannot read the router's token {path}: run this as root") from None
+    except (OSError, TypeError):
+        raise _NoToken(f"the router's token file {path} is missing: is it this host's router?") from None
+
+
+def _request(url, body=None, token=None):
     data = None if body is None else json.dumps(body).encode()
-    with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=10) as reply:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=10) as reply:
         return json.load(reply)
 
 
@@ -120,6 +176,8 @@ def format_status(status, now=None):
                          f"{session['key_age_s']:g} s old")
         if peer["last_error"] and peer["state"] != "established":
             lines.append(f"  last error: {peer['last_error']}")
+    if status.get("plugin"):
+        lines += ["", *format_plugin(status["plugin"], now)]
     return "\n".join(lines)
 
 
@@ -127,6 +185,29 @@ def _encryption(encryption):
     if encryption["mode"] == "cleartext":
         return "none: frames in clear, datagrams carry a session token (set --password or --key-file)"
     return f"{', '.join(encryption['ciphers'])}, keys renewed every {encryption['rekey_after_s']:g} s"
+
+
+def format_plugin(plugin, now=None):
+    """The Docker plugin's lines of `weavefast status`."""
+    lines = [f"docker plugin: {plugin['socket']}",
+             f"  overlay mtu: {plugin['overlay_mtu'] or 'unknown (no router answers)'}"]
+    reconciliation = plugin.get("reconciliation")
+    if reconciliation:
+        last = reconciliation["last"]
+        lines.append(f"  reconciled with {reconciliation['docker_host']} every "
+                     f"{reconciliation['interval']:g} s" + (
+                         f", last {human_age(last['time'], now)} ago" if last else
+                         ", dockerd not reached yet"))
+    for network in plugin["networks"]:
+        lines.append(f"  network {network['name'] or '?'} ({network['id']}): subnet "
+                     f"{network['subnet']}, range {network['ip_range']}, mtu {network['mtu']}")
+        for endpoint in network["endpoints"]:
+            lines.append(f"    {endpoint['container'] or '?'}: {endpoint['address'] or '-'} "
+                         f"{endpoint['mac']}" + (f" on {endpoint['interface']}"
+                                                 if endpoint["interface"] else ""))
+    for error in plugin["last_errors"]:
+        lines.append(f"  error {human_age(error['time'], now)} ago: {error['message']}")
+    return lines
 
 
 def format_peers(status):

@@ -12,16 +12,29 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
 from dataplane.addresses import format_address, parse_hostport
-from dataplane.control import protocol
+from dataplane.control import messages, protocol
+from dataplane.control.admission import ACCEPT_BURST, Admission, QuietLog
 from dataplane.control.routing import next_hops
 
 log = logging.getLogger("weavefast.control")
 
 CONNECTING, ESTABLISHED, FAILED, RETRYING = "connecting", "established", "failed", "retrying"
+MAX_PEERS_PER_ADDRESS = 4  # routers one IP address may bring in (several ports on one host)
+MAX_LINK_STATES = 1024
+REFUSALS = {  # counter name -> what the log says
+    "connection_rate": f"more than {ACCEPT_BURST} new connections in a burst from it",
+    "unauthenticated_connections": "too many connections still in their handshake",
+    "unauthenticated_from_source": "too many of its connections still in their handshake",
+    "handshake": "handshake failed or refused",
+    "peer_table_full": "the peer table is full",
+    "peers_from_address": f"more than {MAX_PEERS_PER_ADDRESS} routers from one address",
+    "invalid_message": "sent an invalid message",
+}
 
 
 @dataclass
@@ -38,10 +51,17 @@ class ControlConfig:
     versions: tuple[int, int] = protocol.VERSIONS
     rekey_after: float = 120.0  # new data keys this often
     ciphers: Sequence[str] | None = None  # data ciphers offered, best first; None = by CPU
+    max_peers: int = 250  # the dataplane holds 256
 
     @property
     def heartbeat_interval(self):
         return self.down_after / 6
+
+    @property
+    def forget_unestablished_after(self):
+        """A peer learned from gossip or a connection that never got established
+        this long is dropped from the table: fake identities cannot pile up."""
+        return 4 * self.down_after
 
 
 def backoff_delay(failures: int, initial: float, cap: float) -> float:
@@ -58,7 +78,9 @@ def describe(exc: BaseException) -> str:
         return "connection refused"
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
-    return str(exc)
+    if isinstance(exc, (protocol.ProtocolError, protocol.HandshakeError)):
+        return str(exc)  # built with what the peer sent already cut short
+    return f"{type(exc).__name__}: {str(exc)[:messages.MAX_REASON]}"
 
 
 def unmapped(host):
@@ -93,9 +115,12 @@ class Connection:
 class Peer:
     """A router this one keeps a connection to (or learned about)."""
 
-    def __init__(self, address, peer_id=None, name=None):
+    def __init__(self, address, peer_id=None, name=None, configured=False):
         self.address = address  # (host, port) to dial
         self.peer_id, self.name = peer_id, name
+        self.configured = configured  # given by --peer or `connect`: kept until forgotten
+        self.created = time.monotonic()
+        self.established_once = False
         self.endpoint = None  # (ip, data port) seen on the control connection
         self.udp_address = None  # where its data-path heartbeats come from (NAT)
         self.state, self.last_error, self.since = CONNECTING, None, time.time()
@@ -132,6 +157,10 @@ class ControlPlane:
         self._gossip_pending = False
         self._stopping = False
         self._server = self._loop = None
+        self.admission = Admission()
+        self.refused = Counter()  # REFUSALS key -> connections or peers turned away
+        self._joining = Counter()  # address -> new routers from it accepted, handshake not over
+        self._quiet = QuietLog(log)
 
     # Lifecycle.
 
@@ -141,7 +170,7 @@ class ControlPlane:
                                                   self.config.port)
         self._loop.add_reader(self.dp.control_fd, self._on_control)
         for spec in self.config.peers:
-            self._add_target(parse_hostport(spec, self.config.port, "peer"))
+            self._add_target(parse_hostport(spec, self.config.port, "peer")).configured = True
         self._links_changed()
         self._spawn(self._ticker())
         log.info("control plane of %s (peer id %d) listening on TCP port %d", self.me.name,
@@ -195,6 +224,12 @@ class ControlPlane:
         if state != peer.state:
             peer.state, peer.since = state, time.time()
 
+    def _refuse(self, reason, source, detail=""):
+        """Counts a refusal and logs it, once per source and reason per interval."""
+        self.refused[reason] += 1
+        self._quiet((source, reason), logging.WARNING,
+                    f"{source}: refused ({REFUSALS[reason]}){': ' + detail if detail else ''}")
+
     def _ensure_in_dataplane(self, peer, host, port):
         if not peer.in_dataplane:
             self.dp.add_peer(peer.peer_id, host, port)
@@ -230,7 +265,13 @@ class ControlPlane:
     # Connections.
 
     def _on_accept(self, reader, writer):
-        self._spawn(self._serve(reader, writer, outbound=False))
+        source = unmapped(writer.get_extra_info("peername")[0])
+        reason = self.admission.admit(source)
+        if reason:
+            self._refuse(reason, source)
+            writer.close()
+            return
+        self._spawn(self._serve(reader, writer, outbound=False, admitted=source))
 
     async def _dial(self, peer):
         host, port = peer.address
@@ -243,16 +284,19 @@ class ControlPlane:
             return
         await self._serve(reader, writer, outbound=True, dialed=peer)
 
-    async def _serve(self, reader, writer, outbound, dialed=None):
+    async def _serve(self, reader, writer, outbound, dialed=None, admitted=None):
         self._writers.add(writer)
+        remote_host = unmapped(writer.get_extra_info("peername")[0])
         remote = format_address(writer.get_extra_info("peername")[:2])
         channel = protocol.Channel(reader, writer)
+        joining = []  # this connection's count in self._joining, until it is attached
         try:
             try:
                 handshake = await asyncio.wait_for(protocol.handshake(
                     channel, self.me, self.config.password, outbound,
-                    accept=self._accept_identity, versions=self.config.versions,
-                    ciphers=self.config.ciphers), self.config.down_after)
+                    accept=lambda identity: self._accept_identity(identity, remote_host, joining),
+                    versions=self.config.versions, ciphers=self.config.ciphers),
+                    min(self.config.down_after, 5.0))
             except protocol.HandshakeError as exc:
                 if exc.itself:  # e.g. the same --peer list on every host
                     if dialed in self.peers:
@@ -265,15 +309,26 @@ class ControlPlane:
                     dialed.dialing = False
                     self._failed(dialed, reason)  # logs it
                 else:
-                    log.warning("%s: %s", remote, reason)
+                    self.refused["handshake"] += 1
+                    self._quiet((remote_host, exc.reason[:40]), logging.WARNING, f"{remote}: {reason}")
                 return
-            except (protocol.ProtocolError, OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            except Exception as exc:  # whatever the input: one line, never a traceback
+                if not isinstance(exc, (protocol.ProtocolError, OSError, asyncio.IncompleteReadError,
+                                        TimeoutError)):
+                    log.debug("handshake with %s", remote, exc_info=True)
                 if dialed:
                     dialed.dialing = False
                     self._failed(dialed, f"handshake with {remote} failed: {describe(exc)}")
                 else:
-                    log.info("handshake with %s failed: %s", remote, describe(exc))
+                    self.refused["handshake"] += 1
+                    self._quiet((remote_host, "handshake"), logging.INFO,
+                                f"handshake with {remote} failed: {describe(exc)}")
                 return
+            finally:
+                if admitted:
+                    self.admission.done(admitted)
+                for address in joining:  # no await from here to _attach: the count stays true
+                    self._joining[address] -= 1
             if dialed:
                 dialed.dialing = False
             conn = Connection(channel, outbound, handshake)
@@ -288,8 +343,14 @@ class ControlPlane:
                     self._handle(peer, conn, message)
             except protocol.HandshakeError as exc:
                 reason = f"refused by {peer.label}: {exc.reason}"
-            except (protocol.ProtocolError, OSError, asyncio.IncompleteReadError) as exc:
+            except protocol.ProtocolError as exc:
+                self.refused["invalid_message"] += 1
+                reason = f"control connection closed: {describe(exc)}"
+            except (OSError, asyncio.IncompleteReadError) as exc:
                 reason = f"control connection lost: {describe(exc)}"
+            except Exception as exc:  # a bug here must not print a peer's input as a traceback
+                log.debug("handling a message from %s", peer.label, exc_info=True)
+                reason = f"control connection closed after an internal error: {type(exc).__name__}"
             finally:
                 if peer.conn is conn and not self._stopping:
                     self._lost(peer, reason)
@@ -297,13 +358,29 @@ class ControlPlane:
             self._writers.discard(writer)
             writer.close()
 
-    def _accept_identity(self, identity):
+    def _accept_identity(self, identity, remote_host, joining):
         if self._is_forgotten(peer_id=identity.peer_id):
             return (f"{self.me.name} was told to forget {identity.name}; run `weavefast connect` "
                     f"on {self.me.name} to peer again")
         known = self._by_id(identity.peer_id)
         if known and known.conn and known.name != identity.name:
             return f"peer id {identity.peer_id} of {identity.name} is already used by {known.name}"
+        if known and known.conn and known.state == ESTABLISHED and known.conn.remote_host != remote_host:
+            # Without a secret anyone may claim any identity: not one that is alive elsewhere.
+            return (f"{identity.name} (peer id {identity.peer_id}) is connected from {known.conn.remote_host}; "
+                    f"another one from {remote_host} is refused while that one answers")
+        if known or self._by_address((remote_host, identity.port)):
+            return None
+        if len(self.peers) >= self.config.max_peers:
+            self.refused["peer_table_full"] += 1
+            return (f"{self.me.name} has {len(self.peers)} peers, its most: `weavefast forget` "
+                    "peers that are gone")
+        from_address = sum(1 for p in self.peers if p.endpoint and p.endpoint[0] == remote_host)
+        if from_address + self._joining[remote_host] >= MAX_PEERS_PER_ADDRESS:
+            self.refused["peers_from_address"] += 1
+            return f"{self.me.name} already has {MAX_PEERS_PER_ADDRESS} routers at {remote_host}"
+        self._joining[remote_host] += 1
+        joining.append(remote_host)
         return None
 
     def _preferred(self, new, old):
@@ -372,8 +449,8 @@ class ControlPlane:
     def _switch_key(self, peer, conn, epoch, key_id):
         """Seals what goes to the peer with the epoch's key from now on."""
         keys = conn.keys.pop(epoch, None)
-        if keys is None or not 0 < key_id < 65536:
-            raise protocol.ProtocolError(f"session for unknown epoch {epoch} or bad key id {key_id}")
+        if keys is None:
+            raise protocol.ProtocolError(f"session for epoch {epoch}, which has no keys")
         self.dp.set_tx_key(peer.peer_id, key_id, keys.cipher, keys.send)
         first = conn.epoch is None
         conn.epoch, conn.keyed_at = epoch, time.monotonic()
@@ -399,26 +476,24 @@ class ControlPlane:
         conn.rekey = (epoch, protocol.Ephemeral())
         conn.send({"type": "rekey", "epoch": epoch, "public": conn.rekey[1].public})
 
-    def _on_rekey(self, peer, conn, message):
+    def _on_rekey(self, peer, conn, epoch, public):
         """The server's half: new keys for the epoch the client proposes."""
-        epoch = int(message["epoch"])
         if conn.outbound or conn.epoch is None or epoch != conn.epoch + 1:
             raise protocol.ProtocolError(f"unexpected rekey to epoch {epoch}")
         ephemeral = protocol.Ephemeral()
-        conn.keys[epoch] = self._epoch_keys(conn, epoch, ephemeral.exchange(message["public"]))
+        conn.keys[epoch] = self._epoch_keys(conn, epoch, ephemeral.exchange(bytes.fromhex(public)))
         key_id = self.dp.install_rx_key(peer.peer_id, conn.handshake.cipher, conn.keys[epoch].receive)
         conn.rx_key_ids[epoch] = key_id
         conn.send({"type": "rekey_ack", "epoch": epoch, "public": ephemeral.public, "key_id": key_id})
 
-    def _on_rekey_ack(self, peer, conn, message):
+    def _on_rekey_ack(self, peer, conn, epoch, public, key_id):
         """The client's half: switch, then tell the server which key id to send with."""
-        epoch = int(message["epoch"])
         if not conn.rekey or conn.rekey[0] != epoch:
             raise protocol.ProtocolError(f"unexpected rekey_ack for epoch {epoch}")
         ephemeral, conn.rekey = conn.rekey[1], None
-        conn.keys[epoch] = self._epoch_keys(conn, epoch, ephemeral.exchange(message["public"]))
+        conn.keys[epoch] = self._epoch_keys(conn, epoch, ephemeral.exchange(bytes.fromhex(public)))
         self._offer_key(peer, conn, epoch, conn.keys[epoch])
-        self._switch_key(peer, conn, epoch, int(message["key_id"]))
+        self._switch_key(peer, conn, epoch, key_id)
 
     @staticmethod
     def _epoch_keys(conn, epoch, shared):
@@ -443,18 +518,16 @@ class ControlPlane:
 
     def _handle(self, peer, conn, message):
         kind = message["type"]
-        handlers = {"gossip": lambda: self._merge_gossip(message),
-                    "session": lambda: self._switch_key(peer, conn, int(message["epoch"]),
-                                                        int(message["key_id"])),
-                    "rekey": lambda: self._on_rekey(peer, conn, message),
-                    "rekey_ack": lambda: self._on_rekey_ack(peer, conn, message)}
-        if kind in handlers:
-            try:
-                handlers[kind]()
-            except (KeyError, TypeError, ValueError) as exc:
-                raise protocol.ProtocolError(f"malformed {kind}: {exc!r}") from None
+        if kind == "gossip":
+            self._merge_gossip(*messages.check_gossip(message))
+        elif kind == "session":
+            self._switch_key(peer, conn, *messages.check_session(message))
+        elif kind == "rekey":
+            self._on_rekey(peer, conn, *messages.check_rekey(message, with_key_id=False)[:2])
+        elif kind == "rekey_ack":
+            self._on_rekey_ack(peer, conn, *messages.check_rekey(message, with_key_id=True))
         elif kind == "error":
-            raise protocol.HandshakeError(str(message.get("reason")), by_peer=True)
+            raise protocol.HandshakeError(messages.reason(message), by_peer=True)
         # "heartbeat" only refreshes conn.last_rx; unknown types come from newer versions
 
     # Liveness.
@@ -470,6 +543,11 @@ class ControlPlane:
     def _tick(self, now):
         down = self.config.down_after
         for peer in list(self.peers):
+            if (not peer.configured and not peer.established_once
+                    and now - peer.created > self.config.forget_unestablished_after):
+                log.info("%s never got established: dropped from the peer table", peer.label)
+                self._remove(peer)
+                continue
             conn = peer.conn
             if not conn:
                 continue
@@ -533,6 +611,7 @@ class ControlPlane:
                 peer.heartbeat_seen = time.monotonic()
                 if peer.state != ESTABLISHED:
                     peer.failures = 0
+                    peer.established_once = True
                     self._set_state(peer, ESTABLISHED)
                     log.info("%s (peer id %d) established, RTT %.2f ms", peer.name, peer.peer_id,
                              peer.rtt * 1000)
@@ -586,21 +665,26 @@ class ControlPlane:
             if peer.conn:
                 peer.conn.send(message)
 
-    def _merge_gossip(self, message):
+    def _merge_gossip(self, peers, links):
         changed = False
-        for entry in message["links"]:
-            pid, version = int(entry["peer_id"]), int(entry["version"])
+        for pid, name, version, linked in links:
             known = self.link_states.get(pid)
-            if pid != self.me.peer_id and (known is None or version > known["version"]):
-                self.link_states[pid] = {"name": str(entry["name"]), "version": version,
-                                         "links": {int(p) for p in entry["links"]}}
-                changed = True
-        for entry in message["peers"]:
-            pid, address = int(entry["peer_id"]), (str(entry["host"]), int(entry["port"]))
+            if pid == self.me.peer_id or known is not None and version <= known["version"]:
+                continue
+            if known is None and len(self.link_states) >= MAX_LINK_STATES:
+                self.refused["peer_table_full"] += 1
+                continue
+            self.link_states[pid] = {"name": name, "version": version, "links": linked}
+            changed = True
+        for pid, name, host, port in peers:
+            address = (host, port)
             if (pid == self.me.peer_id or self._by_id(pid) or self._by_address(address)
                     or self._is_forgotten(pid, address)):
                 continue
-            peer = self._add_target(address, pid, str(entry["name"]))
+            if len(self.peers) >= self.config.max_peers:
+                self.refused["peer_table_full"] += 1
+                continue
+            peer = self._add_target(address, pid, name)
             self._ensure_in_dataplane(peer, *address)
             log.info("learned about %s (peer id %d) at %s", peer.name, pid, format_address(address))
             changed = True
@@ -618,6 +702,7 @@ class ControlPlane:
         self.forgotten = [f for f in self.forgotten
                           if not (f[1] == host or f[2][0] in ips and (port is None or f[2][1] == port))]
         peer = self._add_target(address)
+        peer.configured = True
         if not peer.conn:
             peer.failures, peer.next_attempt = 0, 0.0
         self._recompute_routes()
@@ -698,4 +783,6 @@ class ControlPlane:
             "counters": self.dp.counters(),
             "drops": self.dp.drops(),
             "bad_heartbeats": self.bad_heartbeats,
+            "refused": {reason: self.refused[reason] for reason in REFUSALS},
+            "unauthenticated_connections": sum(self.admission.pending.values()),
         }

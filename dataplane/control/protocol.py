@@ -85,6 +85,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from dataplane.control import messages
+from dataplane.control.errors import HandshakeError, ProtocolError
+
+__all__ = ["HandshakeError", "ProtocolError"]  # raised by everything here
+
 PROTOCOL = "weavefast"
 VERSIONS = (2, 2)  # lowest and highest protocol version this code speaks
 MAX_MESSAGE = 1 << 20
@@ -93,21 +98,6 @@ KEY_OVERLAP = 15.0  # seconds a replaced receive key still opens datagrams in fl
 CIPHER_NAMES = ("aes-256-gcm", "chacha20-poly1305")
 _LENGTH = struct.Struct("!I")
 _TAG_LEN = 16
-
-
-class ProtocolError(Exception):
-    """The other side sent something that is not a valid message here."""
-
-
-class HandshakeError(Exception):
-    """The connection was refused; `by_peer` tells which side refused it,
-    `itself` that the router reached its own listening port."""
-
-    def __init__(self, reason, by_peer=False, itself=False):
-        super().__init__(reason)
-        self.reason = reason
-        self.by_peer = by_peer
-        self.itself = itself
 
 
 def encode_message(message: dict) -> bytes:
@@ -310,31 +300,15 @@ class Ephemeral:
         self.public = self._private.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
 
-    def exchange(self, their_public_hex) -> bytes:
+    def exchange(self, their_public: bytes) -> bytes:
         try:
-            their = X25519PublicKey.from_public_bytes(bytes.fromhex(str(their_public_hex)))
-            return self._private.exchange(their)
-        except ValueError as exc:  # malformed, or a low-order point giving an all-zero secret
-            raise ProtocolError(f"bad X25519 public key: {exc}") from None
+            return self._private.exchange(X25519PublicKey.from_public_bytes(their_public))
+        except ValueError:  # a low-order point, which would give an all-zero secret
+            raise ProtocolError("the X25519 public key is a low-order point") from None
 
 
 def proof(confirm_key: bytes, transcript: bytes) -> str:
     return hmac.new(confirm_key, transcript, hashlib.sha256).hexdigest()
-
-
-def _remote_identity(hello):
-    try:
-        identity = Identity(str(hello["name"]), int(hello["peer_id"]), int(hello["port"]),
-                            str(hello["incarnation"]))
-        versions = tuple(int(v) for v in hello["versions"])
-        auth = hello["auth"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ProtocolError(f"malformed hello: {exc!r}") from None
-    if hello.get("protocol") != PROTOCOL or len(versions) != 2:
-        raise ProtocolError("not a weavefast hello")
-    if not 0 < identity.peer_id < 1 << 32 or not 0 < identity.port < 65536:
-        raise ProtocolError(f"hello with invalid peer id {identity.peer_id} or port {identity.port}")
-    return identity, versions, auth
 
 
 async def handshake(channel: Channel, me: Identity, secret: bytes | None, outbound: bool,
@@ -343,8 +317,17 @@ async def handshake(channel: Channel, me: Identity, secret: bytes | None, outbou
 
     `accept(identity)` is called once the peer is authenticated and returns
     None or the reason to refuse it. Raises HandshakeError (refused by either
-    side), ProtocolError, or OSError/IncompleteReadError (connection lost).
+    side), ProtocolError (the other side is told why before the connection
+    closes), or OSError/IncompleteReadError (connection lost).
     """
+    try:
+        return await _handshake(channel, me, secret, outbound, accept, versions, ciphers)
+    except ProtocolError as exc:
+        channel.send({"type": "error", "reason": str(exc)})
+        raise
+
+
+async def _handshake(channel, me, secret, outbound, accept, versions, ciphers):
     ephemeral = Ephemeral()
     ciphers = ciphers or preferred_ciphers()
     hello = encode_message({
@@ -357,9 +340,9 @@ async def handshake(channel: Channel, me: Identity, secret: bytes | None, outbou
     async def expect(kind, message=None):
         message = message if message is not None else await channel.read()
         if message["type"] == "error":
-            raise HandshakeError(str(message.get("reason")), by_peer=True)
+            raise HandshakeError(messages.reason(message), by_peer=True)
         if message["type"] != kind:
-            raise ProtocolError(f"expected {kind!r} during the handshake, got {message['type']!r}")
+            raise ProtocolError(f"expected {kind!r} during the handshake, got {messages.quote(message['type'])}")
         return message
 
     def refuse(reason, itself=False):
@@ -368,7 +351,8 @@ async def handshake(channel: Channel, me: Identity, secret: bytes | None, outbou
 
     their_hello_frame = await _read_frame(channel.reader, MAX_HANDSHAKE_MESSAGE)
     their_hello = await expect("hello", _parse(their_hello_frame))
-    identity, their_versions, their_auth = _remote_identity(their_hello)
+    name, peer_id, port, incarnation, their_versions, their_auth = messages.check_hello_identity(their_hello)
+    identity = Identity(name, peer_id, port, incarnation)
     who = f"{identity.name} (peer id {identity.peer_id})"
     version = negotiate_version(versions, their_versions)
     if version is None:
@@ -378,17 +362,15 @@ async def handshake(channel: Channel, me: Identity, secret: bytes | None, outbou
         refuse(f"{me.name} requires a network secret but {who} has none (--password/--key-file)")
     if not secret and their_auth != "none":
         refuse(f"{who} requires a network secret but {me.name} has none (--password/--key-file)")
-    their_ciphers = their_hello.get("ciphers")
-    if not isinstance(their_ciphers, list) or not their_ciphers or len(their_ciphers) > 8:
-        raise ProtocolError("hello without a list of ciphers")
+    their_public, their_ciphers = messages.check_hello_keys(their_hello)
     cipher = "none"
     if secret:
         client_list, server_list = (ciphers, their_ciphers) if outbound else (their_ciphers, ciphers)
         cipher = choose_cipher(client_list, server_list)
         if cipher is None:
             refuse(f"no common cipher: {me.name} offers {', '.join(ciphers)}, "
-                   f"{who} offers {', '.join(map(str, their_ciphers))} (--cipher)")
-    shared = ephemeral.exchange(their_hello.get("public"))
+                   f"{who} offers {messages.quote(their_ciphers)} (--cipher)")
+    shared = ephemeral.exchange(their_public)
     ours = hello[_LENGTH.size:]
     transcript = transcript_hash(*((ours, their_hello_frame) if outbound else (their_hello_frame, ours)))
     psk = network_psk(secret)
@@ -397,7 +379,7 @@ async def handshake(channel: Channel, me: Identity, secret: bytes | None, outbou
 
     async def check_proof():
         expected = proof(keys[f"confirm_{theirs}"], transcript)
-        if not hmac.compare_digest(str((await expect("auth")).get("proof")), expected):
+        if not hmac.compare_digest(str((await expect("auth")).get("proof"))[:64], expected):
             refuse(f"wrong network secret: {who} failed authentication "
                    f"(its --password/--key-file differs from {me.name}'s)" if secret else
                    f"handshake with {who} failed: its key confirmation does not match (altered on the way?)")

@@ -5,14 +5,25 @@ GET /metrics   Prometheus text format
 POST /connect  {"host": str, "port": int | null}: add a peer
 POST /forget   {"host": str, "port": int | null}: close and stop connections to a peer
 
+Reading is open to whoever reaches the address (loopback by default). What
+changes the router needs `Authorization: Bearer TOKEN` with the token the
+router writes at start to a file only root can read (its path is in /status
+as `control_token_file`; `weavefast connect` and `forget` read it), and a
+request that carries an `Origin` header (a browser's, on behalf of some web
+page) is refused whatever it holds.
+
 The server runs in a thread; every request hops onto the control plane's
 asyncio loop, which owns all state.
 """
 import asyncio
+import hmac
 import json
 import logging
+import os
+import secrets
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -22,6 +33,48 @@ log = logging.getLogger("weavefast.status")
 
 DEFAULT_ADDRESS = ("127.0.0.1", 6784)
 STATE_VALUES = {"established": 1}
+TOKEN_DIR = Path("/run/weavefast")
+MAX_REQUEST = 4096
+MAX_CLIENTS = 16      # connections served at once; more are closed (one thread each)
+CLIENT_TIMEOUT = 5.0  # seconds a client may take to send its request
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, but never more than MAX_CLIENTS of them."""
+    daemon_threads = True
+
+    def __init__(self, *args):
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self.turned_away = 0
+        super().__init__(*args)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.turned_away += 1
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def token_path_for(router_name: str) -> Path:
+    return TOKEN_DIR / f"{router_name}.token"
+
+
+def write_token(path: Path) -> str:
+    """A fresh random token in a file only its owner (root) can read."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    token = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(token + "\n")
+    return token
 
 
 def metric_families(status):
@@ -94,11 +147,14 @@ class _Snapshot:
 
 
 class StatusServer:
-    def __init__(self, control, address=DEFAULT_ADDRESS, details=dict):
-        """`details()` returns more fields for /status (the router's bridge, MTU...)."""
+    def __init__(self, control, address=DEFAULT_ADDRESS, details=dict, token_file: Path | None = None):
+        """`details()` returns more fields for /status (the router's bridge, MTU...);
+        `token_file` is where the token for changes goes (removed on stop)."""
         self.control = control
         self.address = address
         self.details = details
+        self.token_file = token_file
+        self._token = None
         self._httpd = self._thread = self._loop = None
 
     def _call(self, coro, timeout=10):
@@ -106,16 +162,34 @@ class StatusServer:
 
     def status(self):
         async def snapshot():
-            return {**self.control.status(), **self.details()}
+            return {**self.control.status(), **self.details(),
+                    "control_token_file": str(self.token_file) if self.token_file else None,
+                    "status_api_turned_away": self._httpd.turned_away}
         return self._call(snapshot())
+
+    def _refusal(self, headers):
+        """None when a request may change the router, else (HTTP code, reason)."""
+        if headers.get("Origin") is not None:
+            return 403, "cross-origin requests cannot change the router"
+        given = headers.get("Authorization", "")
+        if not self._token or not hmac.compare_digest(given.encode(), f"Bearer {self._token}".encode()):
+            where = f" (in {self.token_file}, readable by root)" if self.token_file else ""
+            return 401, f"this needs the router's token{where}: run `weavefast connect` or `forget` as root"
+        if headers.get("Content-Type") != "application/json":
+            return 415, "send the request as application/json"
+        return None
 
     async def start(self):
         self._loop = asyncio.get_running_loop()
+        if self.token_file:
+            self._token = write_token(self.token_file)
         server = self
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Snapshot(self.status))
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = CLIENT_TIMEOUT
+
             def log_message(self, fmt, *args):
                 log.debug("%s %s", self.address_string(), fmt % args)
 
@@ -140,8 +214,14 @@ class StatusServer:
                           "/forget": server.control.forget}.get(self.path)
                 if action is None:
                     return self.reply(404, {"error": f"no such endpoint {self.path}"})
+                refusal = server._refusal(self.headers)
+                if refusal:
+                    return self.reply(refusal[0], {"error": refusal[1]})
                 try:
-                    request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                    length = int(self.headers.get("Content-Length", 0))
+                    if not 0 <= length <= MAX_REQUEST:
+                        raise ValueError(f"a request of {length} bytes (at most {MAX_REQUEST})")
+                    request = json.loads(self.rfile.read(length))
                     host, port = str(request["host"]), request.get("port")
                     port = None if port is None else int(port)
                 except (ValueError, KeyError, TypeError) as exc:
@@ -154,8 +234,7 @@ class StatusServer:
                 else:
                     self.reply(404, {"error": f"no peer matches {host}"})
 
-        self._httpd = ThreadingHTTPServer(self.address, Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _BoundedServer(self.address, Handler)
         self.address = self._httpd.server_address[:2]
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="weavefast-status", daemon=True)
@@ -165,3 +244,5 @@ class StatusServer:
         await asyncio.get_running_loop().run_in_executor(None, self._httpd.shutdown)
         self._httpd.server_close()
         self._thread.join()
+        if self.token_file:
+            self.token_file.unlink(missing_ok=True)

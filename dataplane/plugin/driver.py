@@ -9,13 +9,18 @@ attached to the bridge, the other end (`wfdc` + endpoint id) is handed to docker
 (`SrcName`), which moves it into the container and renames it `ethN` (`DstPrefix`).
 Both ends get the network's MTU: the overlay cannot send "fragmentation needed"
 back, so the container itself must not send frames larger than the overlay carries
-(dockerd does not apply an MTU option itself). At DeleteEndpoint both ends are back
-in this namespace and the driver deletes the pair.
+(dockerd does not apply an MTU option itself). That MTU is the running router's
+overlay MTU, asked at Join (see overlay.py), or a smaller `-o mtu=N`; a larger one
+is refused when the network is created. At DeleteEndpoint both ends are back in
+this namespace and the driver deletes the pair.
 
 The Join answer sets `DisableGatewayService` and no gateway: a weavefast network is
 an overlay between containers, and without it dockerd would add a `docker_gwbridge`
 interface to every container for a default route. A container that needs the
 outside world is also connected to a network that has a gateway (e.g. `bridge`).
+It does add a connected route for multicast (224.0.0.0/4) on the first weavefast
+interface of a container: without a default route, a send to a group would fail
+with "Network is unreachable".
 """
 import errno
 import secrets
@@ -29,14 +34,18 @@ GENERIC_OPTIONS = "com.docker.network.generic"  # where `docker network create -
 MTU_OPTIONS = ("mtu", "com.docker.network.driver.mtu")  # ours, and the bridge driver's name
 CONTAINER_IFNAME_PREFIX = "eth"
 MIN_MTU, MAX_MTU = 68, 65535
+MULTICAST_ROUTE = {"Destination": "224.0.0.0/4", "RouteType": 1}  # 1: connected, no next hop
 
 
 class Driver:
-    """The NetworkDriver methods; each takes (state, request) and returns the answer."""
+    """The NetworkDriver methods; each takes (state, request) and returns the answer.
 
-    def __init__(self, bridge, mtu):
+    `overlay_mtu()` returns the running router's overlay MTU or raises PluginError.
+    """
+
+    def __init__(self, bridge, overlay_mtu):
         self.bridge = bridge
-        self.mtu = mtu
+        self.overlay_mtu = overlay_mtu
 
     def get_capabilities(self, state, request):
         # "local": dockerd keeps the network on this host only (it is created on each
@@ -55,11 +64,19 @@ class Driver:
         if unknown:
             raise PluginError(f"unknown option(s) {', '.join(unknown)}: weavefast networks "
                               "take -o mtu=N")
-        mtu = self.mtu
+        mtu = None  # None: the overlay's, whatever it is at Join
         for name in MTU_OPTIONS:
             if name in generic:
                 mtu = parse_mtu(generic[name])
-        state["networks"][network_id] = {"bridge": self.bridge, "mtu": mtu}
+        if mtu is not None and mtu > (largest := self.overlay_mtu()):
+            raise PluginError(f"-o mtu={mtu} is larger than the overlay carries: at most "
+                              f"{largest} (the router's MTU); give mtu={largest} or less, or "
+                              "leave it out")
+        ipv4 = field(request, "IPv4Data", list, required=False)
+        ipv4 = ipv4[0] if ipv4 and isinstance(ipv4[0], dict) else {}
+        state["networks"][network_id] = {"bridge": self.bridge, "mtu": mtu,
+                                         "subnet": ipv4.get("Pool"),
+                                         "gateway": ipv4.get("Gateway")}
         return {}
 
     def delete_network(self, state, request):
@@ -67,7 +84,7 @@ class Driver:
         _network(state, network_id)
         endpoints = state["endpoints"]
         for endpoint_id in [e for e, ep in endpoints.items() if ep["network"] == network_id]:
-            _delete_veth(endpoint_id)
+            delete_veth(endpoint_id)
             del endpoints[endpoint_id]
         del state["networks"][network_id]
         return {}
@@ -84,7 +101,8 @@ class Driver:
         if not mac:  # dockerd refuses an answer that repeats what it supplied
             mac = _random_mac()
             answer = {"Interface": {"MacAddress": mac}}
-        state["endpoints"][endpoint_id] = {"network": network_id, "mac": mac, "joined": False}
+        state["endpoints"][endpoint_id] = {"network": network_id, "mac": mac, "joined": False,
+                                           "address": interface.get("Address") or None}
         return answer
 
     def endpoint_oper_info(self, state, request):
@@ -92,12 +110,12 @@ class Driver:
         network = state["networks"][endpoint["network"]]
         host_ifname, _ = veth_names(field(request, "EndpointID"))
         return {"Value": {"bridge": network["bridge"], "host_interface": host_ifname,
-                          "mtu": network["mtu"], "mac": endpoint["mac"]}}
+                          "mtu": endpoint.get("mtu") or network["mtu"], "mac": endpoint["mac"]}}
 
     def delete_endpoint(self, state, request):
         _endpoint(state, request)
         endpoint_id = field(request, "EndpointID")
-        _delete_veth(endpoint_id)
+        delete_veth(endpoint_id)
         del state["endpoints"][endpoint_id]
         return {}
 
@@ -105,15 +123,24 @@ class Driver:
         endpoint = _endpoint(state, request)
         endpoint_id = field(request, "EndpointID")
         network = state["networks"][endpoint["network"]]
-        container_ifname = _create_veth(endpoint_id, network["bridge"], network["mtu"],
-                                        endpoint["mac"])
-        endpoint["joined"] = True
-        return {"InterfaceName": {"SrcName": container_ifname,
-                                  "DstPrefix": CONTAINER_IFNAME_PREFIX},
-                "DisableGatewayService": True}
+        # min(): an -o mtu accepted before the overlay's MTU shrank must not black-hole
+        mtu = min(filter(None, (network["mtu"], self.overlay_mtu())))
+        container_ifname = _create_veth(endpoint_id, network["bridge"], mtu, endpoint["mac"])
+        sandbox = field(request, "SandboxKey", required=False)
+        # one multicast route per container: a second one for the same prefix fails the join
+        first_in_container = not sandbox or all(
+            other.get("sandbox") != sandbox for other in state["endpoints"].values())
+        endpoint.update(joined=True, mtu=mtu, sandbox=sandbox)
+        answer = {"InterfaceName": {"SrcName": container_ifname,
+                                    "DstPrefix": CONTAINER_IFNAME_PREFIX},
+                  "DisableGatewayService": True}
+        if first_in_container:
+            answer["StaticRoutes"] = [MULTICAST_ROUTE]
+        return answer
 
     def leave(self, state, request):
-        _endpoint(state, request)["joined"] = False
+        endpoint = _endpoint(state, request)
+        endpoint.update(joined=False, sandbox=None)
         return {}
 
     def program_external_connectivity(self, state, request):
@@ -223,7 +250,8 @@ def _create_veth(endpoint_id, bridge, mtu, mac):
     return container_ifname
 
 
-def _delete_veth(endpoint_id):
+def delete_veth(endpoint_id):
+    """Remove an endpoint's veth pair, if it is there."""
     try:
         with IPRoute() as ipr:
             _delete_links(ipr, *veth_names(endpoint_id))

@@ -9,31 +9,39 @@ gets 400 with the same key; an unknown method 404 (dockerd then treats the metho
 not implemented). Calls are served one at a time, each on a copy of the state that
 is saved before it becomes current (see state.py), so a failed call changes nothing.
 At start and every few seconds the plugin also puts the containers' ports back on
-the bridge if the bridge was recreated meanwhile (see driver.reattach_ports).
+the bridge if the bridge was recreated meanwhile (see driver.reattach_ports), and
+it frees what dockerd no longer uses (see reconcile.py). `GET /status` on the same
+socket answers the plugin's status (networks, endpoints, last errors) as JSON.
 
 The router runs the same server in its own process with `start_plugin()`.
 """
 import argparse
+import collections
 import contextlib
 import errno
 import http.server
 import json
 import logging
+import os
 import signal
 import socket
 import socketserver
 import threading
+import time
 from pathlib import Path
 
-from dataplane.plugin import ipam
+from dataplane.plugin import ipam, overlay, report
 from dataplane.plugin.driver import Driver, parse_mtu, reattach_ports
 from dataplane.plugin.protocol import BadRequest, PluginError
+from dataplane.plugin.reconcile import DEFAULT_INTERVAL, Reconciler
 from dataplane.plugin.state import StateError, StateStore
 
 DEFAULT_SOCKET = "/run/docker/plugins/weavefast.sock"
 DEFAULT_STATE_DIR = "/var/lib/weavefast/plugin"
 DEFAULT_BRIDGE = "weavefast"
-DEFAULT_MTU = 1414
+DEFAULT_DOCKER_HOST = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+DEFAULT_STATUS_ADDR = "127.0.0.1:6784"
+KEPT_ERRORS = 10  # the last errors shown in the status
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 REQUEST_TIMEOUT = 30  # seconds a client may take to send its request
 REATTACH_INTERVAL = 5  # seconds between checks that containers' ports are on the bridge
@@ -58,23 +66,33 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         method = self.path.lstrip("/")
         error_key = "Error" if method.startswith("IpamDriver.") else "Err"
         handler = plugin.methods.get(method)
-        if handler is None:
-            return self._answer(404, {"Err": f"weavefast plugin has no method {method!r}"})
         try:
-            request = self._read_json()
+            request = self._read_json()  # before any answer: a client still sending gets EPIPE
+            if handler is None:
+                return self._answer(404, {"Err": f"weavefast plugin has no method {method!r}"})
             with plugin.store.transaction() as state:
                 answer = handler(state, request)
         except BadRequest as e:
             log.warning("%s: bad request: %s", method, e)
+            plugin.record_error(f"{method}: bad request: {e}")
             return self._answer(400, {error_key: f"bad request: {e}"})
         except PluginError as e:
             log.warning("%s: %s", method, e)
+            plugin.record_error(f"{method}: {e}")
             return self._answer(200, {error_key: str(e)})
         except Exception as e:  # report it to dockerd rather than drop the connection
             log.exception("%s failed", method)
+            plugin.record_error(f"{method}: internal error: {e}")
             return self._answer(500, {error_key: f"internal error: {e}"})
         log.debug("%s %s -> %s", method, request, answer)
         self._answer(200, answer)
+        if method not in _READ_ONLY:
+            plugin.changed()
+
+    def do_GET(self):
+        if self.path != "/status":
+            return self._answer(404, {"Err": f"weavefast plugin has no page {self.path!r}"})
+        self._answer(200, self.server.plugin.status())
 
     def _read_json(self):
         try:
@@ -110,13 +128,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class Plugin:
-    """A running plugin server; `close()` stops it and removes its socket."""
+    """A running plugin server; `close()` stops it and removes its socket.
 
-    def __init__(self, bridge, mtu, socket_path, state_dir):
+    `overlay_mtu()` gives the router's overlay MTU (see overlay.py). With a
+    `docker_host` (e.g. unix:///var/run/docker.sock) the plugin reconciles its state
+    with that dockerd every `reconcile_interval` seconds (see reconcile.py).
+    """
+
+    def __init__(self, bridge, overlay_mtu, socket_path, state_dir, docker_host=None,
+                 reconcile_interval=DEFAULT_INTERVAL):
         self.socket_path = Path(socket_path)
         _claim_socket_path(self.socket_path)
         self.store = StateStore(state_dir)
-        driver = Driver(bridge, mtu)
+        self.overlay_mtu = overlay_mtu
+        self.errors = collections.deque(maxlen=KEPT_ERRORS)
+        driver = Driver(bridge, overlay_mtu)
         self.methods = {
             "Plugin.Activate": _activate,
             "NetworkDriver.GetCapabilities": driver.get_capabilities,
@@ -139,6 +165,12 @@ class Plugin:
             "IpamDriver.ReleaseAddress": ipam.release_address,
         }
         self._reattach_ports()  # before serving: see driver.reattach_ports
+        self.reconciler = None
+        if docker_host:
+            self.reconciler = Reconciler(self.store, driver, docker_host,
+                                         driver_name=self.socket_path.stem,
+                                         interval=reconcile_interval,
+                                         on_error=self.record_error)
         self._server = _UnixHTTPServer(str(self.socket_path), _Handler)
         self._server.plugin = self
         self._closing = threading.Event()
@@ -150,6 +182,37 @@ class Plugin:
         ]
         for thread in self._threads:
             thread.start()
+        if self.reconciler:  # after serving: dockerd may be waiting for us to answer
+            self.reconciler.start()
+
+    def record_error(self, message):
+        """Keep `message` (already logged) for the status's last errors."""
+        self.errors.append({"time": time.time(), "message": message})
+
+    def changed(self):
+        """A call changed the state: let the reconciler look at Docker soon."""
+        if self.reconciler:
+            self.reconciler.soon()
+
+    def status(self):
+        """The plugin's part of `weavefast status`; see report.py."""
+        with self.store.lock:
+            state = json.loads(json.dumps(self.store.data))
+        reconciler, docker_networks, reconciliation = self.reconciler, {}, None
+        if reconciler:
+            docker_networks = reconciler.networks
+            reconciliation = {"docker_host": reconciler.docker_host,
+                              "interval": reconciler.interval, "last": reconciler.last_pass}
+        return report.plugin_status(
+            state, socket=str(self.socket_path), overlay_mtu=self._known_overlay_mtu(),
+            docker_networks=docker_networks, reconciliation=reconciliation,
+            errors=list(self.errors))
+
+    def _known_overlay_mtu(self):
+        try:
+            return self.overlay_mtu()
+        except PluginError:
+            return None
 
     def _reattach_ports(self):
         try:
@@ -166,6 +229,8 @@ class Plugin:
 
     def close(self):
         self._closing.set()
+        if self.reconciler:
+            self.reconciler.close()
         self._server.shutdown()
         self._server.server_close()
         for thread in self._threads:
@@ -184,15 +249,29 @@ def _activate(state, request):
     return {"Implements": ["NetworkDriver", "IpamDriver"]}
 
 
-def start_plugin(bridge=DEFAULT_BRIDGE, mtu=DEFAULT_MTU, socket_path=DEFAULT_SOCKET,
-                 state_dir=DEFAULT_STATE_DIR):
+# calls that change nothing: no reason to look at Docker after them
+_READ_ONLY = {"Plugin.Activate", "NetworkDriver.GetCapabilities",
+              "NetworkDriver.EndpointOperInfo", "IpamDriver.GetCapabilities",
+              "IpamDriver.GetDefaultAddressSpaces", "NetworkDriver.DiscoverNew",
+              "NetworkDriver.DiscoverDelete", "NetworkDriver.ProgramExternalConnectivity",
+              "NetworkDriver.RevokeExternalConnectivity"}
+
+
+def start_plugin(bridge=DEFAULT_BRIDGE, mtu=None, socket_path=DEFAULT_SOCKET,
+                 state_dir=DEFAULT_STATE_DIR, docker_host=None,
+                 reconcile_interval=DEFAULT_INTERVAL, status_addr=DEFAULT_STATUS_ADDR):
     """Serve the plugin from a thread of this process (as `weavefast router --plugin` does).
+
+    `mtu` is the overlay MTU when the caller knows it (the router does); without it the
+    plugin asks the router's status API at `status_addr`. With `docker_host` it
+    reconciles with that dockerd (see reconcile.py).
 
     Returns a `Plugin` handle; `handle.close()` stops serving and removes the socket.
     Raises OSError when the socket cannot be bound (another plugin serving it, no
     permission) and StateError when the state file cannot be read.
     """
-    return Plugin(bridge, mtu, socket_path, state_dir)
+    overlay_mtu = overlay.fixed(mtu) if mtu else overlay.RouterMTU(f"http://{status_addr}/status")
+    return Plugin(bridge, overlay_mtu, socket_path, state_dir, docker_host, reconcile_interval)
 
 
 def _claim_socket_path(path):
@@ -220,11 +299,36 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--bridge", default=DEFAULT_BRIDGE,
                         help="the overlay bridge containers are attached to; created if the "
                              "router has not (default %(default)s)")
-    parser.add_argument("--mtu", type=_mtu_argument, default=DEFAULT_MTU,
-                        help="MTU of container interfaces, the overlay MTU; a network's "
-                             "-o mtu=N overrides it (default %(default)s)")
+    parser.add_argument("--mtu", type=_mtu_argument,
+                        help="the overlay MTU, given to container interfaces; a network's "
+                             "-o mtu=N may only lower it (default: asked from the router)")
+    parser.add_argument("--status-addr", default=DEFAULT_STATUS_ADDR, metavar="HOST:PORT",
+                        help="the router's status API, asked for the overlay MTU "
+                             "(default %(default)s)")
+    add_reconcile_arguments(parser)
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
+
+
+def add_reconcile_arguments(parser, prefix=""):
+    """--docker-host and --reconcile-interval (prefixed `--plugin-` in the router)."""
+    parser.add_argument(f"--{prefix}docker-host", default=DEFAULT_DOCKER_HOST, metavar="URL",
+                        help="dockerd's API, asked what is still in use (default: $DOCKER_HOST "
+                             "or unix:///var/run/docker.sock)")
+    parser.add_argument(f"--{prefix}reconcile-interval", type=_interval_argument,
+                        default=DEFAULT_INTERVAL, metavar="SECONDS",
+                        help="how often to free what dockerd no longer uses; a leak lives at "
+                             "most about twice this (default %(default)g)")
+
+
+def _interval_argument(text):
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return seconds
 
 
 def _mtu_argument(text):
@@ -243,12 +347,14 @@ def run(args) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        plugin = start_plugin(args.bridge, args.mtu, args.socket, args.state_dir)
+        plugin = start_plugin(args.bridge, args.mtu, args.socket, args.state_dir,
+                              args.docker_host, args.reconcile_interval, args.status_addr)
     except (OSError, StateError) as e:
         log.error("cannot start: %s", e)
         return 1
-    log.info("serving NetworkDriver and IpamDriver on %s (bridge %s, mtu %d, state in %s)",
-             args.socket, args.bridge, args.mtu, args.state_dir)
+    log.info("serving NetworkDriver and IpamDriver on %s (bridge %s, mtu %s, state in %s)",
+             args.socket, args.bridge, args.mtu or f"the router's at {args.status_addr}",
+             args.state_dir)
     with plugin:
         stop.wait()
     log.info("stopped")

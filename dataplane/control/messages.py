@@ -1,0 +1,145 @@
+"""Validation of every control message a peer sends, before anything acts on it.
+
+Each `check_*` returns the message's fields as Python values of the expected
+types and ranges, or raises ProtocolError with one reason that names the
+field, quoting what was sent cut short (`quote`). JSON gives ints, floats,
+bools and strings alike, so types are checked exactly: `True` is not a peer
+id and `1.0` is not a port.
+"""
+import ipaddress
+import re
+
+from dataplane.control.errors import ProtocolError
+
+MAX_NAME = 64          # router names (the hostname by default)
+MAX_ENTRIES = 256      # peers or link states in one gossip message
+MAX_REASON = 300       # an error's reason, as logged
+_HEX = re.compile(r"[0-9a-f]*")
+_NAME = re.compile(r"[\w.:@+-]+", re.ASCII)
+
+
+def quote(value, limit=48) -> str:
+    """What a peer sent, safe to log: repr, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _field(message, key, what):
+    if key not in message:
+        raise ProtocolError(f"{what} without {key!r}")
+    return message[key]
+
+
+def integer(message, key, low, high, what):
+    value = _field(message, key, what)
+    if type(value) is not int or not low <= value <= high:
+        raise ProtocolError(f"{what}: {key} must be an integer from {low} to {high}, got {quote(value)}")
+    return value
+
+
+def hex_string(message, key, nbytes, what):
+    value = _field(message, key, what)
+    if type(value) is not str or len(value) != 2 * nbytes or not _HEX.fullmatch(value):
+        raise ProtocolError(f"{what}: {key} must be {2 * nbytes} lowercase hex digits, got {quote(value)}")
+    return value
+
+
+def valid_name(value) -> bool:
+    return type(value) is str and 0 < len(value) <= MAX_NAME and bool(_NAME.fullmatch(value))
+
+
+def name(message, key, what):
+    value = _field(message, key, what)
+    if not valid_name(value):
+        raise ProtocolError(f"{what}: {key} must be 1 to {MAX_NAME} letters, digits or . _ - : @ +, "
+                            f"got {quote(value)}")
+    return value
+
+
+def entries(message, key, what):
+    value = _field(message, key, what)
+    if type(value) is not list or len(value) > MAX_ENTRIES:
+        raise ProtocolError(f"{what}: {key} must be a list of at most {MAX_ENTRIES}, got {quote(value)}")
+    if not all(type(entry) is dict for entry in value):
+        raise ProtocolError(f"{what}: every entry of {key} must be an object")
+    return value
+
+
+def peer_id(message, key, what):
+    return integer(message, key, 1, 2**32 - 1, what)
+
+
+def check_hello_identity(hello):
+    """(name, peer id, data port, incarnation, (lowest, highest version), auth):
+    the fields every protocol version's hello has."""
+    what = "hello"
+    if hello.get("protocol") != "weavefast":
+        raise ProtocolError(f"not a weavefast hello (protocol {quote(hello.get('protocol'))})")
+    versions = _field(hello, "versions", what)
+    if (type(versions) is not list or len(versions) != 2 or any(type(v) is not int for v in versions)
+            or not 0 < versions[0] <= versions[1] <= 255):
+        raise ProtocolError(f"hello: versions must be [lowest, highest] from 1 to 255, got {quote(versions)}")
+    auth = _field(hello, "auth", what)
+    if type(auth) is not str or len(auth) > 16:
+        raise ProtocolError(f"hello: auth must be a short string, got {quote(auth)}")
+    hex_string(hello, "incarnation", 8, what)
+    return (name(hello, "name", what), peer_id(hello, "peer_id", what),
+            integer(hello, "port", 1, 65535, what), hello["incarnation"], tuple(versions), auth)
+
+
+def check_hello_keys(hello):
+    """(X25519 public key, ciphers offered): the fields of a version-2 hello."""
+    ciphers = _field(hello, "ciphers", "hello")
+    if (type(ciphers) is not list or not 0 < len(ciphers) <= 8
+            or any(type(c) is not str or len(c) > 32 for c in ciphers)):
+        raise ProtocolError(f"hello: ciphers must be a list of 1 to 8 names, got {quote(ciphers)}")
+    hex_string(hello, "nonce", 16, "hello")
+    return bytes.fromhex(hex_string(hello, "public", 32, "hello")), ciphers
+
+
+def check_gossip(message):
+    """([(peer id, name, host, port)], [(peer id, name, version, {peer ids})])."""
+    peers = []
+    for entry in entries(message, "peers", "gossip"):
+        host = _field(entry, "host", "gossip peer")
+        try:
+            host = str(ipaddress.ip_address(host)) if type(host) is str and len(host) <= 45 else None
+        except ValueError:
+            host = None
+        if host is None:
+            raise ProtocolError(f"gossip: a peer's host must be an IP address, got {quote(entry.get('host'))}")
+        peers.append((peer_id(entry, "peer_id", "gossip peer"), name(entry, "name", "gossip peer"), host,
+                      integer(entry, "port", 1, 65535, "gossip peer")))
+    links = []
+    for entry in entries(message, "links", "gossip"):
+        linked = entries_of_ids(entry)
+        links.append((peer_id(entry, "peer_id", "gossip link state"), name(entry, "name", "gossip link state"),
+                      integer(entry, "version", 0, 2**63 - 1, "gossip link state"), linked))
+    return peers, links
+
+
+def entries_of_ids(entry):
+    ids = _field(entry, "links", "gossip link state")
+    if type(ids) is not list or len(ids) > MAX_ENTRIES or any(
+            type(i) is not int or not 0 < i < 2**32 for i in ids):
+        raise ProtocolError(f"gossip: links must be at most {MAX_ENTRIES} peer ids, got {quote(ids)}")
+    return set(ids)
+
+
+def check_session(message):
+    """(epoch, key id) of a `session` message."""
+    return integer(message, "epoch", 0, 2**32, "session"), integer(message, "key_id", 1, 65535, "session")
+
+
+def check_rekey(message, with_key_id):
+    epoch = integer(message, "epoch", 1, 2**32, message["type"])
+    public = hex_string(message, "public", 32, message["type"])
+    key_id = integer(message, "key_id", 1, 65535, message["type"]) if with_key_id else None
+    return epoch, public, key_id
+
+
+def reason(message):
+    """An `error` message's reason, cut to a length fit for a log line."""
+    text = message.get("reason")
+    text = text if type(text) is str else repr(text)
+    return text if len(text) <= MAX_REASON else text[:MAX_REASON] + "..."
