@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test` (as root).
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean fuzz-setup fuzz fuzz-smoke test-asan
 
 setup:
 	bash tools/setup.sh
@@ -15,3 +15,25 @@ bench: setup
 
 clean:
 	rm -rf build dataplane/*.so ext/core.c *.egg-info
+
+# Fuzzing (README "Fuzzing"): every parser of network input under libFuzzer
+# (C, with ASan + UBSan) or atheris (Python). `make fuzz` runs each target
+# FUZZ_SECONDS; `make fuzz-smoke` is CI's short run. A failure leaves its
+# input in build/fuzz/crashes/<target>/.
+FUZZ_SECONDS ?= 600
+FUZZ_SMOKE_SECONDS ?= 20
+FUZZ_TARGETS ?= datagram rxpath reasm uso aead replay control reference
+
+fuzz-setup:
+	bash fuzz/setup.sh
+
+fuzz: fuzz-setup
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash fuzz/run.sh $(FUZZ_TARGETS)
+
+fuzz-smoke: fuzz-setup
+	FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS) bash fuzz/run.sh $(FUZZ_TARGETS)
+
+# The tests that send garbage, against the core built with ASan + UBSan
+# (build/asan; the normal in-place build is untouched). See fuzz/asan.sh.
+test-asan: fuzz-setup
+	bash fuzz/asan.sh

@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "connect": ("dataplane.control.cli", "add a peer to a running router"),
     "forget": ("dataplane.control.cli", "remove a peer from a running router"),
     "plugin": ("dataplane.plugin.server", "serve Docker's remote network and IPAM driver"),
+    "ipam": ("dataplane.plugin.ipam_cli", "address blocks per host; rmpeer HOST reclaims a gone host's"),
     "expose": ("dataplane.expose", "give this host an address on the overlay"),
     "hide": ("dataplane.expose", "take this host's overlay address away"),
     "install-service": ("dataplane.service", "install and start the systemd units (router and "

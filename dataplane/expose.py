@@ -7,7 +7,8 @@ of that subnet on every host (the bridge's MTU follows the router's TAP, so the
 host sends nothing the overlay cannot carry). Without CIDR it exposes the gateway
 address of each weavefast Docker network of this host: Docker reserves it on every
 network and the plugin never gives it to a container, and each host's is in its own
-`--ip-range`, so no two hosts collide. `hide` removes the given address, or all.
+`--ip-range` or address blocks, so no two hosts collide. `hide` removes the given
+address, or all but the address of the router's DNS server (`--dns-address`).
 
 The bridge is the running router's (asked on its status API). An address does not
 outlive the bridge: when the router removes a bridge it created, expose again.
@@ -44,7 +45,9 @@ def run(args):
             for address, note in expose(bridge, wanted):
                 print(f"{address} on bridge {bridge}: {note}")
         else:
-            hidden = hide(bridge, parse_cidr(args.cidr) if args.cidr else None)
+            dns = ((status.get("plugin") or {}).get("dns") or {}).get("address")
+            hidden = hide(bridge, parse_cidr(args.cidr) if args.cidr else None,
+                          keep={dns} if dns else set())
             print(f"removed {', '.join(map(str, hidden))} from bridge {bridge}" if hidden
                   else f"nothing exposed on bridge {bridge}")
     except RouterError as e:
@@ -103,12 +106,14 @@ def expose(bridge, addresses):
                 yield address, "already exposed"
 
 
-def hide(bridge, address=None):
-    """Remove `address` (or every address) from `bridge`; returns those removed."""
+def hide(bridge, address=None, keep=()):
+    """Remove `address` (or every address) from `bridge`, never those in `keep` (the
+    router's DNS server's); returns those removed."""
     with IPRoute() as ipr:
         index = _bridge_index(ipr, bridge)
         present = [ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
-                   for a in ipr.get_addr(index=index) if a["scope"] == 0]  # not link-local
+                   for a in ipr.get_addr(index=index)
+                   if a["scope"] == 0 and a.get_attr("IFA_ADDRESS") not in keep]  # not link-local
         if address is not None:
             if address not in present:
                 raise RouterError(f"{address} is not exposed on {bridge} "

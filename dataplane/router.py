@@ -69,6 +69,8 @@ def add_arguments(p) -> None:
     p.add_argument("--plugin-state-dir", default="/var/lib/weavefast/plugin", metavar="DIR",
                    help="where the plugin keeps its networks and endpoints")
     add_reconcile_arguments(p, prefix="plugin-")
+    from dataplane.plugin.options import add_arguments as add_plugin_arguments
+    add_plugin_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true", help="log control-plane events")
 
 
@@ -156,14 +158,17 @@ def degradation_line(d) -> str:
 
 
 async def serve(dp, control_config: ControlConfig, status_addr: str, plugin=None) -> None:
-    """Runs the control plane and the status API until SIGINT or SIGTERM; `plugin`, the
-    Docker plugin served alongside, shows in the status."""
+    """Runs the control plane and the status API until SIGINT or SIGTERM; `plugin` (the
+    Docker plugin's services, or None) announces through the control plane and reports
+    in the status."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     started = time.time()
     control = ControlPlane(dp, control_config)
+    if plugin is not None:
+        plugin.attach(control)
     status = StatusServer(control, parse_hostport(status_addr, 6784, "--status-addr"),
                           token_file=token_path_for(control_config.name), details=lambda: {
         "uptime": round(time.time() - started, 1), "bridge": dp.config.bridge,
@@ -207,7 +212,8 @@ def run(args) -> int:
     plugin = None
     try:
         if args.plugin:
-            plugin = start_plugin_for(args, dp.mtu)
+            from dataplane.plugin.services import PluginServices
+            plugin = PluginServices(args, cfg.bridge, cfg.tap_name, dp.mtu, args.name)
         dp.start()
         on = [k for k, v in dp.status_offloads().items() if v]
         print(f"weavefast router {args.name} (peer id {cfg.peer_id}) forwarding: TAP {cfg.tap_name} on bridge "
@@ -248,15 +254,3 @@ def notify_ready() -> None:
         address = "\0" + address[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.sendto(b"READY=1", address)
-
-
-def start_plugin_for(args, mtu: int):
-    from dataplane.plugin import start_plugin
-
-    try:
-        return start_plugin(bridge=args.bridge, mtu=mtu, socket_path=args.plugin_socket,
-                            state_dir=args.plugin_state_dir, docker_host=args.plugin_docker_host,
-                            reconcile_interval=args.plugin_reconcile_interval)
-    except OSError as e:
-        raise RouterError(f"Docker plugin on {args.plugin_socket}: {e.strerror or e} "
-                          "(is `weavefast plugin` already running? stop it, or drop --plugin)") from None

@@ -99,6 +99,8 @@ cdef class Reassembler:
     cdef uint64_t _dropped
 
     def __cinit__(self, unsigned slots=16):
+        if slots < 1:
+            raise ValueError("slots must be at least 1")
         if wf_reasm_init(&self.r, slots):
             wf_reasm_free(&self.r)
             raise MemoryError()

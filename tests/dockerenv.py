@@ -15,8 +15,10 @@ inside one private mount namespace of its own:
   restart it), told the overlay MTU with --mtu, or asking the router for it
   (`mtu="router"`); or, with `plugin="router"`, `weavefast router --plugin` started as
   its systemd unit would be: before dockerd, which starts only once the router has
-  said READY=1 on $NOTIFY_SOCKET. `reboot()` stops dockerd and the plugin's process
-  and starts them again in that order. Either plugin reconciles with this dockerd.
+  said READY=1 on $NOTIFY_SOCKET (the host's router: the plugin, its DNS server and
+  the ready-made network; `dns` goes into dockerd's "dns" setting). `reboot()` stops
+  dockerd and the plugin's process and starts them again in that order. Either plugin
+  reconciles with this dockerd.
 
 The mount namespace is held by an "anchor" process (`sleep infinity`); the others
 join it with `nsenter -t ANCHOR -m`. Every process is started through the testbed
@@ -43,6 +45,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from dataplane import testbed
+from dataplane.plugin.state import empty_state
 
 BUSYBOX = "/bin/busybox"
 IMAGE = "wfd-busybox:latest"
@@ -112,6 +115,16 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(str(self._path))
 
 
+def close_all(tb, engines, workdir):
+    """Stop `engines` and the testbed, remove `workdir`; fails if anything was left behind."""
+    for engine in engines:
+        engine.close()
+    tb.close()
+    shutil.rmtree(workdir)
+    left = tb.leftovers()
+    assert not any(left.values()), left
+
+
 def plugin_call(socket_path, method, body=None, raw=None, timeout=10.0):
     """POST /<method> like dockerd: no Content-Type, an empty body when there are no
     arguments. `raw` sends those bytes instead of JSON. Returns (status, decoded answer)."""
@@ -146,8 +159,10 @@ def wait_for_socket(path, process, timeout=15.0):
 
 class DockerEngine:
     def __init__(self, tb, host, workdir, bridge="weavefast", mtu=None, plugin="standalone",
-                 plugin_args=(), peers=(), live_restore=False):
+                 plugin_args=(), peers=(), live_restore=False, dns=None):
         self.tb, self.host, self.workdir = tb, host, Path(workdir)
+        self.dns = dns
+        self.daemon_config = self.workdir / "daemon.json"
         self.bridge, self.mtu = bridge, mtu or tb.overlay_mtu
         self.plugin_mode, self.plugin_args, self.peers = plugin, list(plugin_args), peers
         self.live_restore = live_restore
@@ -203,12 +218,14 @@ class DockerEngine:
             self.start_plugin()
 
     def start_dockerd(self):
-        daemon_config = self.workdir / "daemon.json"
         # the trust key would otherwise go to /etc/docker/key.json
-        daemon_config.write_text(json.dumps({"deprecated-key-path": str(self.workdir / "key.json"),
-                                             "live-restore": self.live_restore}))
+        config = {"deprecated-key-path": str(self.workdir / "key.json"),
+                  "live-restore": self.live_restore}
+        if self.dns:
+            config["dns"] = [self.dns]
+        self.daemon_config.write_text(json.dumps(config))
         self.dockerd = self._in_mount_ns([
-            "dockerd", "--config-file", str(daemon_config),
+            "dockerd", "--config-file", str(self.daemon_config),
             "--data-root", str(self.workdir / "docker"), "--exec-root", "/run/docker",
             "--pidfile", "/run/docker.pid", "-H", f"unix://{self.api_socket}",
             "--containerd", "/run/containerd/containerd.sock",
@@ -275,7 +292,7 @@ class DockerEngine:
             argv = [sys.executable, "-m", "dataplane", "router", "--name", self.host.netns,
                     "--bridge", self.bridge, "--plugin", "--plugin-state-dir",
                     str(self.workdir / "plugin-state"), *self._reconcile_args("plugin-"),
-                    *self.plugin_args]
+                    "--docker-config", str(self.daemon_config), "-v", *self.plugin_args]
             for peer in self.peers:
                 argv += ["--peer", peer.underlay_ip]
             self.plugin = self.host.router = self._in_mount_ns_env(
@@ -306,7 +323,9 @@ class DockerEngine:
                            check=False, env=testbed._python_env())  # the cwd becomes /
 
     def plugin_state(self):
-        return json.loads((self.workdir / "plugin-state" / "state.json").read_text())
+        """The plugin's state file; the empty state when it never had to write one."""
+        path = self.workdir / "plugin-state" / "state.json"
+        return json.loads(path.read_text()) if path.exists() else empty_state()
 
     # -- docker ---------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import socket
 import time
 import urllib.error
@@ -22,7 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dataplane import reference
 from dataplane.engine import CIPHERS
-from dataplane.control import ControlConfig, ControlPlane, cli, protocol
+from dataplane.control import ControlConfig, ControlPlane, cli, messages, protocol
+from dataplane.control.errors import ProtocolError
 from dataplane.control.mesh import ESTABLISHED, FAILED, backoff_delay
 from dataplane.control.routing import next_hops
 from dataplane.control.status import StatusServer
@@ -246,6 +248,63 @@ def test_joining_through_one_peer_meets_the_whole_mesh():
             # One control connection per pair even though both ends dialled.
             assert all(len([p for p in n.cp.peers if p.conn]) == 3 for n in nodes.values())
     run(scenario())
+
+
+def test_announcements_travel_through_gossip_and_one_peers_would_refuse_stays_home(caplog):
+    ranges = {"10.32.0.0/12": [{"range": "10.32.1.0/24", "since": 1.5}]}
+
+    async def scenario():
+        a = Node("a", 1)
+        b, c = Node("b", 2, [a]), Node("c", 3, [a])
+        async with running(a, b, c):
+            b.cp.announce("ipam", ranges)
+            b.cp.announce("dns", [{"names": ["web"], "ip": "10.32.1.2", "subnet": "10.32.0.0/12"}])
+            await until(lambda: c.cp.announcements("ipam") == {"b": ranges}
+                        and c.cp.announcements("dns"), "b's ranges and names at c, through a")
+            a.cp.announce("dns", [{"names": ["web"], "ip": "not an address"}])
+            await asyncio.sleep(0.2)
+            assert set(c.cp.announcements("dns")) == {"b"}
+            assert all(n.state(o) == ESTABLISHED for n in (a, b) for o in ("c",))
+    run(scenario())
+    assert "not announced, other routers would refuse it: gossip announcement: dns: ip must be an " \
+        "IPv4 address, got 'not an address'" in caplog.text
+
+
+def announcement(**data):
+    return {"type": "gossip", "peers": [], "links": [],
+            "announced": [{"peer_id": 2, "name": "b", "version": 1, "data": data}]}
+
+
+@pytest.mark.parametrize("data, reason", [
+    ({"ipam": []}, "gossip announcement: ipam must be an object of at most 64 subnets"),
+    ({"ipam": {f"10.{i}.0.0/16": [] for i in range(65)}}, "at most 64 subnets"),
+    ({"ipam": {"10.32.0.0/33": []}}, "ipam: a subnet must be an IPv4 subnet in CIDR form, got '10.32.0.0/33'"),
+    ({"ipam": {"fd00::/64": []}}, "must be an IPv4 subnet in CIDR form, got 'fd00::/64'"),
+    ({"ipam": {"10.32.0.0/12": [{"range": "10.32.0.0/24"}] * 65}}, "list of at most 64 ranges"),
+    ({"ipam": {"10.32.0.0/12": [{"range": "10.64.0.0/24", "since": 0}]}},
+     "range '10.64.0.0/24' is not inside 10.32.0.0/12"),
+    ({"ipam": {"10.32.0.0/12": [{"range": "10.32.0.0/24"}]}}, "gossip announcement: ipam without 'since'"),
+    ({"ipam": {"10.32.0.0/12": [{"range": "10.32.0.0/24", "since": True}]}}, "since must be a time in seconds"),
+    ({"dns": {}}, "gossip announcement: dns must be a list of at most 4096 records"),
+    ({"dns": [{"names": ["a"], "ip": "10.0.0.1"}] * 4097}, "at most 4096 records"),
+    ({"dns": [{"names": [], "ip": "10.0.0.1"}]}, "names must be 1 to 16 names"),
+    ({"dns": [{"names": ["x" * 254], "ip": "10.0.0.1"}]}, "of at most 253 characters"),
+    ({"dns": [{"names": ["a"], "ip": "fd00::1"}]}, "dns: ip must be an IPv4 address, got 'fd00::1'"),
+    ({"dns": [{"names": ["a"], "ip": "10.0.0.1", "subnet": 5}]}, "dns: subnet must be an IPv4 subnet"),
+])
+def test_bad_announcements_are_refused_with_the_field(data, reason):
+    with pytest.raises(ProtocolError, match=re.escape(reason)):
+        messages.check_gossip(announcement(**data))
+
+
+def test_announcements_keep_the_known_keys_and_older_routers_send_none():
+    record = {"names": ["web"], "ip": "10.32.1.2", "subnet": None}
+    *_, announced = messages.check_gossip(announcement(dns=[record], future={"x": 1}))
+    assert announced == [(2, "b", 1, {"dns": [record]})]
+    assert messages.check_gossip({"type": "gossip", "peers": [], "links": []})[2] == []
+    with pytest.raises(ProtocolError, match="gossip announcement: data must be an object"):
+        messages.check_gossip({"type": "gossip", "peers": [], "links": [],
+                               "announced": [{"peer_id": 2, "name": "b", "version": 1, "data": []}]})
 
 
 def test_wrong_secret_is_refused_on_both_sides(caplog):

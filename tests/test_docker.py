@@ -187,9 +187,12 @@ def test_docker_reports_the_plugins_errors_and_creates_nothing(host1):
     bad_mtu = host1.docker("network", "create", "-d", "weavefast", "-o", "mtu=jumbo", "wfdbad",
                            check=False)
     assert bad_mtu.returncode != 0 and "mtu 'jumbo' is not a number" in bad_mtu.stderr
-    no_range = host1.docker("network", "create", "-d", "weavefast", "--ipam-driver",
-                            "weavefast", "--subnet", SUBNET, "wfdbad", check=False)
-    assert no_range.returncode != 0 and "--ip-range" in no_range.stderr
+    for options in ((), ("--subnet", SUBNET)):  # Docker's own IPAM: the same addresses everywhere
+        docker_ipam = host1.docker("network", "create", "-d", "weavefast", *options, "wfdbad",
+                                   check=False)
+        assert docker_ipam.returncode != 0
+        assert "need weavefast's IPAM" in docker_ipam.stderr
+        assert "add --ipam-driver weavefast" in docker_ipam.stderr
     assert "wfdbad" not in host1.docker("network", "ls").stdout
     state = host1.plugin_state()
     assert (state["networks"], state["pools"]) == ({}, {})

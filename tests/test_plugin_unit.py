@@ -195,8 +195,10 @@ def known_ids(plugin):
         "com.docker.network.generic": {"mtu": "1401"}}}, 200, "Err",
      f"-o mtu=1401 is larger than the overlay carries: at most {MTU}"),
     ("NetworkDriver.CreateNetwork", {"NetworkID": "k" * 64}, 200, "Err", "already exists"),
-    ("IpamDriver.RequestPool", {"AddressSpace": "WeavefastLocal", "Pool": "10.46.0.0/16"},
-     200, "Error", "--ip-range"),
+    ("NetworkDriver.CreateNetwork", {"NetworkID": "m" * 64, "IPv4Data": [
+        {"AddressSpace": "LocalDefault", "Pool": "172.18.0.0/16"}]}, 200, "Err",
+     "need weavefast's IPAM, which keeps addresses unique across hosts: add --ipam-driver "
+     "weavefast"),
     ("IpamDriver.RequestPool", {"AddressSpace": "WeavefastLocal", "Pool": "10.46.0.0/16",
                                 "SubPool": "10.47.0.0/24"}, 200, "Error", "not inside --subnet"),
     ("IpamDriver.RequestPool", {"AddressSpace": "WeavefastLocal", "Pool": "10.45.0.0/20",
@@ -249,3 +251,24 @@ def test_in_process_plugin_refuses_a_live_socket_and_removes_its_own(workdir):
     finally:
         handle.close()
     assert not socket_path.exists()
+
+
+def test_a_pool_without_subnet_gets_the_default_one_unless_dockerd_keeps_refusing_it(workdir):
+    """dockerd hands back a pool that overlaps a route of the host and asks again, forever:
+    after a few rounds the plugin answers with the fix instead."""
+    socket_path = workdir / "default.sock"
+    with start_plugin(socket_path=socket_path, state_dir=workdir / "default"):
+        def request_pool():
+            return plugin_call(socket_path, "IpamDriver.RequestPool",
+                               {"AddressSpace": "WeavefastLocal", "V6": False})[1]
+
+        first = request_pool()
+        assert first["Pool"] == "10.32.0.0/12"
+        address = plugin_call(socket_path, "IpamDriver.RequestAddress",
+                              {"PoolID": first["PoolID"]})[1]["Address"]
+        assert address == "10.32.0.1/12"  # alone, this host owns the whole subnet
+        for _ in range(3):
+            refused_by_dockerd = request_pool()["PoolID"]
+            plugin_call(socket_path, "IpamDriver.ReleasePool", {"PoolID": refused_by_dockerd})
+        assert "overlaps a route of this host" in request_pool()["Error"]
+        assert "Pool" in request_pool()  # the next attempt is offered the default again

@@ -120,13 +120,9 @@ def test_all_slots_busy_reuses_the_least_recently_fed(impl):
     assert reassembler.dropped == 2
 
 
-def test_single_fragment_message_while_all_slots_busy_takes_no_slot(impl, request):
+def test_single_fragment_message_while_all_slots_busy_takes_no_slot(impl):
     """A message whole in one fragment needs no slot: it must not evict another
-    peer's partial message (the reference's behaviour)."""
-    if impl.__name__.endswith("_core"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "core (reasm.h): a one-fragment message evicts the oldest partial "
-            "when all slots are busy; the reference returns it without a slot")))
+    peer's partial message."""
     reassembler = impl.Reassembler(slots=1)
     pieces = fragments()
     assert reassembler.feed(1, 7, *pieces[0]) is None

@@ -36,6 +36,12 @@ def router_error(tb, *args):
     (["--port", "0"], "--port 0: use a port from 1 to 65535"),
     (["--workers", "0"], "--workers 0: use 1 to 16"),
     (["--fdb-max-age", "0"], "--fdb-max-age 0: use at least 1 second"),
+    (["--plugin", "--subnet", "10.32.0.0/40"],
+     "--subnet '10.32.0.0/40': give an IPv4 subnet in CIDR form, e.g. 10.32.0.0/12"),
+    (["--plugin", "--dns-address", "dns.example"],
+     "--dns-address 'dns.example': give an IPv4 address, e.g. 169.254.53.53"),
+    (["--plugin", "--store", "http://10.47.0.2:2379"],
+     "--store: store 'http://10.47.0.2:2379': use etcd://HOST:2379[,HOST:2379...]"),
 ])
 def test_bad_flags_name_the_fix(tb, args, expected):
     assert expected in router_error(tb, *args)
@@ -121,8 +127,11 @@ def test_router_serves_the_docker_plugin(tb, tmp_path):
     router = tb.start(host, ROUTER + ["--name", "withplugin", "--bridge", host.bridge, "--plugin",
                                       "--plugin-socket", str(sock_path),
                                       "--plugin-state-dir", str(tmp_path / "state"),
-                                      "--status-addr", "127.0.0.1:6793"])
-    tb.wait_for(sock_path.exists, what="plugin socket")
+                                      "--status-addr", "127.0.0.1:6793",
+                                      # no dockerd here: none of the machine's is touched
+                                      "--plugin-docker-host", f"unix://{tmp_path}/docker.sock",
+                                      "--docker-config", str(tmp_path / "daemon.json")])
+    tb.wait_for(sock_path.exists, timeout=30, what="plugin socket")  # slow on a busy machine
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(str(sock_path))
         s.sendall(b"POST /Plugin.Activate HTTP/1.1\r\nHost: plugin\r\nContent-Length: 0\r\n"

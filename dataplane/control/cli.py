@@ -189,8 +189,31 @@ def _encryption(encryption):
 
 def format_plugin(plugin, now=None):
     """The Docker plugin's lines of `weavefast status`."""
-    lines = [f"docker plugin: {plugin['socket']}",
+    lines = [f"docker plugin: {plugin['socket']} (host {plugin['host']})",
              f"  overlay mtu: {plugin['overlay_mtu'] or 'unknown (no router answers)'}"]
+    store = plugin["store"]
+    if store is None:
+        lines.append("  store: none (address ranges announced through the mesh)")
+    elif store["state"] == "reachable":
+        lines.append(f"  store: etcd {store['endpoints']}, reachable")
+    else:
+        lines.append(f"  store: etcd {store['endpoints']}, UNREACHABLE: new address blocks wait "
+                     f"for it ({store['error']})")
+    used = sum(b["used"] for blocks in plugin["blocks"].values() for b in blocks)
+    count = sum(len(blocks) for blocks in plugin["blocks"].values())
+    lines.append(f"  address blocks: {count}, {used} address(es) in use")
+    for c in plugin["conflicts"]:
+        lines.append(f"  refused range {c['range']}: host {c['host']} has {c['their_range']}")
+    network = plugin.get("network")
+    if network:
+        lines.append(f"  ready-made network {network['name']}: {network['state']}")
+    names = plugin["names"]
+    if names:
+        lines.append(f"  docker: {names['docker']}, {names['records']} name record(s)")
+    setting = (plugin.get("dns") or {}).get("setting")
+    if setting:
+        lines.append(f"  dns: {setting['address']}, dockerd setting "
+                     + ("in place" if setting["in_place"] else f"MISSING: {setting['fix']}"))
     reconciliation = plugin.get("reconciliation")
     if reconciliation:
         last = reconciliation["last"]
@@ -199,8 +222,9 @@ def format_plugin(plugin, now=None):
                          f", last {human_age(last['time'], now)} ago" if last else
                          ", dockerd not reached yet"))
     for network in plugin["networks"]:
+        ip_range = f", range {network['ip_range']}" if network["ip_range"] else ""
         lines.append(f"  network {network['name'] or '?'} ({network['id']}): subnet "
-                     f"{network['subnet']}, range {network['ip_range']}, mtu {network['mtu']}")
+                     f"{network['subnet']}{ip_range}, mtu {network['mtu']}")
         for endpoint in network["endpoints"]:
             lines.append(f"    {endpoint['container'] or '?'}: {endpoint['address'] or '-'} "
                          f"{endpoint['mac']}" + (f" on {endpoint['interface']}"

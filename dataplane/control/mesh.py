@@ -155,6 +155,10 @@ class ControlPlane:
         self._tasks = set()
         self._writers = set()
         self._gossip_pending = False
+        # Data other subsystems announce through gossip (the Docker plugin's address ranges
+        # and names): peer_id -> {"name", "version", "data": {key: value}}, ours included.
+        self.announced = {config.peer_id: {"name": config.name, "version": time.time_ns(),
+                                           "data": {}}}
         self._stopping = False
         self._server = self._loop = None
         self.admission = Admission()
@@ -247,6 +251,7 @@ class ControlPlane:
             self._pushed.pop(peer.peer_id, None)
             peer.in_dataplane = False
         self.link_states.pop(peer.peer_id, None)
+        self.announced.pop(peer.peer_id, None)
         if peer.conn:
             conn, peer.conn = peer.conn, None
             conn.close()
@@ -651,6 +656,7 @@ class ControlPlane:
                        "port": p.endpoint[1]} for p in self.peers if p.state == ESTABLISHED],
             "links": [{"peer_id": pid, "name": s["name"], "version": s["version"],
                        "links": sorted(s["links"])} for pid, s in self.link_states.items()],
+            "announced": [{"peer_id": pid, **entry} for pid, entry in self.announced.items()],
         }
 
     def _schedule_gossip(self):
@@ -665,17 +671,27 @@ class ControlPlane:
             if peer.conn:
                 peer.conn.send(message)
 
-    def _merge_gossip(self, peers, links):
+    def _newer(self, table, pid, version):
+        """Whether gossip's entry of another router, at `version`, replaces what `table`
+        (link states or announcements) has; a new router only while the table has room."""
+        known = table.get(pid)
+        if pid == self.me.peer_id or known is not None and version <= known["version"]:
+            return False
+        if known is None and len(table) >= MAX_LINK_STATES:
+            self.refused["peer_table_full"] += 1
+            return False
+        return True
+
+    def _merge_gossip(self, peers, links, announced):
         changed = False
         for pid, name, version, linked in links:
-            known = self.link_states.get(pid)
-            if pid == self.me.peer_id or known is not None and version <= known["version"]:
-                continue
-            if known is None and len(self.link_states) >= MAX_LINK_STATES:
-                self.refused["peer_table_full"] += 1
-                continue
-            self.link_states[pid] = {"name": name, "version": version, "links": linked}
-            changed = True
+            if self._newer(self.link_states, pid, version):
+                self.link_states[pid] = {"name": name, "version": version, "links": linked}
+                changed = True
+        for pid, name, version, data in announced:
+            if self._newer(self.announced, pid, version):
+                self.announced[pid] = {"name": name, "version": version, "data": data}
+                self._schedule_gossip()
         for pid, name, host, port in peers:
             address = (host, port)
             if (pid == self.me.peer_id or self._by_id(pid) or self._by_address(address)
@@ -692,6 +708,33 @@ class ControlPlane:
             self._recompute_routes()
             self._schedule_gossip()
             self._dial_due()
+
+    # What other subsystems announce through the mesh (thread-safe).
+
+    def announce(self, key, value):
+        """Tell every router `key` = `value` (JSON-able) from this one; called from any thread.
+        A value peers would refuse (see messages.announced_data) is logged, not sent."""
+        try:
+            messages.announced_data({key: value})
+        except protocol.ProtocolError as e:
+            log.warning("not announced, other routers would refuse it: %s", e)
+            return
+
+        def update():
+            mine = self.announced[self.me.peer_id]
+            mine["data"] = {**mine["data"], key: value}
+            mine["version"] = max(mine["version"] + 1, time.time_ns())
+            self._schedule_gossip()
+        if self._loop is None:  # not started: nothing else runs yet
+            update()
+        else:
+            self._loop.call_soon_threadsafe(update)
+
+    def announcements(self, key):
+        """{router name: value of `key`} from this router and those reachable now."""
+        reachable = set(self.routes) | {self.me.peer_id}
+        return {entry["name"]: entry["data"][key] for pid, entry in list(self.announced.items())
+                if pid in reachable and key in entry["data"]}
 
     # What the status API exposes.
 

@@ -14,6 +14,12 @@ from dataplane.control.errors import ProtocolError
 MAX_NAME = 64          # router names (the hostname by default)
 MAX_ENTRIES = 256      # peers or link states in one gossip message
 MAX_REASON = 300       # an error's reason, as logged
+# What a router announces for the Docker plugin (gossip's "announced", see ControlPlane.announce):
+MAX_SUBNETS = 64       # subnets with address ranges ("ipam")
+MAX_RANGES = 64        # ranges in one subnet
+MAX_RECORDS = 4096     # name records ("dns")
+MAX_RECORD_NAMES = 16  # names of one record
+MAX_DNS_NAME = 253
 _HEX = re.compile(r"[0-9a-f]*")
 _NAME = re.compile(r"[\w.:@+-]+", re.ASCII)
 
@@ -98,7 +104,8 @@ def check_hello_keys(hello):
 
 
 def check_gossip(message):
-    """([(peer id, name, host, port)], [(peer id, name, version, {peer ids})])."""
+    """([(peer id, name, host, port)], [(peer id, name, version, {peer ids})],
+    [(peer id, name, version, data)] (see check_announced))."""
     peers = []
     for entry in entries(message, "peers", "gossip"):
         host = _field(entry, "host", "gossip peer")
@@ -115,7 +122,78 @@ def check_gossip(message):
         linked = entries_of_ids(entry)
         links.append((peer_id(entry, "peer_id", "gossip link state"), name(entry, "name", "gossip link state"),
                       integer(entry, "version", 0, 2**63 - 1, "gossip link state"), linked))
-    return peers, links
+    announced = [check_announced(entry) for entry in entries(message, "announced", "gossip")] \
+        if "announced" in message else []  # absent from routers without the Docker plugin's gossip
+    return peers, links, announced
+
+
+def check_announced(entry):
+    """(peer id, name, version, data) of one router's announcements; `data` keeps the
+    keys this version knows ("ipam", "dns"), checked, and drops the others."""
+    what = "gossip announcement"
+    return (peer_id(entry, "peer_id", what), name(entry, "name", what),
+            integer(entry, "version", 0, 2**63 - 1, what), announced_data(_field(entry, "data", what)))
+
+
+def announced_data(data):
+    """The announcements of this version's keys, checked (also before this router sends its own)."""
+    if type(data) is not dict:
+        raise ProtocolError(f"gossip announcement: data must be an object, got {quote(data)}")
+    checks = {"ipam": check_ranges, "dns": check_records}
+    return {key: checks[key](value) for key, value in data.items() if key in checks}
+
+
+def check_ranges(value):
+    """{subnet: [{"range", "since"}]}: the address ranges a host holds (plugin/blocks.py)."""
+    what = "gossip announcement: ipam"
+    if type(value) is not dict or len(value) > MAX_SUBNETS:
+        raise ProtocolError(f"{what} must be an object of at most {MAX_SUBNETS} subnets, got {quote(value)}")
+    for subnet, ranges in value.items():
+        subnet = _ipv4_network(subnet, f"{what}: a subnet")
+        if type(ranges) is not list or len(ranges) > MAX_RANGES or not all(type(r) is dict for r in ranges):
+            raise ProtocolError(f"{what}: {subnet} must have a list of at most {MAX_RANGES} ranges, "
+                                f"got {quote(ranges)}")
+        for entry in ranges:
+            if not _ipv4_network(_field(entry, "range", what), f"{what}: a range").subnet_of(subnet):
+                raise ProtocolError(f"{what}: range {quote(entry['range'])} is not inside {subnet}")
+            since = _field(entry, "since", what)
+            if type(since) not in (int, float) or not 0 <= since < 2**63:
+                raise ProtocolError(f"{what}: since must be a time in seconds, got {quote(since)}")
+    return value
+
+
+def check_records(value):
+    """[{"names", "ip", "subnet"}]: a host's containers' names (plugin/names.py)."""
+    what = "gossip announcement: dns"
+    if type(value) is not list or len(value) > MAX_RECORDS or not all(type(r) is dict for r in value):
+        raise ProtocolError(f"{what} must be a list of at most {MAX_RECORDS} records, got {quote(value)}")
+    for record in value:
+        names = _field(record, "names", what)
+        if type(names) is not list or not 0 < len(names) <= MAX_RECORD_NAMES or not all(
+                type(n) is str and 0 < len(n) <= MAX_DNS_NAME for n in names):
+            raise ProtocolError(f"{what}: names must be 1 to {MAX_RECORD_NAMES} names of at most "
+                                f"{MAX_DNS_NAME} characters, got {quote(names)}")
+        ip = _field(record, "ip", what)
+        try:
+            if type(ip) is not str or len(ip) > 15 or ipaddress.ip_address(ip).version != 4:
+                raise ValueError
+        except ValueError:
+            raise ProtocolError(f"{what}: ip must be an IPv4 address, got {quote(ip)}") from None
+        if record.get("subnet") is not None:
+            _ipv4_network(record["subnet"], f"{what}: subnet")
+    return value
+
+
+def _ipv4_network(text, what):
+    try:
+        if type(text) is not str or len(text) > 18:
+            raise ValueError
+        network = ipaddress.ip_network(text)
+        if network.version != 4:
+            raise ValueError
+    except ValueError:
+        raise ProtocolError(f"{what} must be an IPv4 subnet in CIDR form, got {quote(text)}") from None
+    return network
 
 
 def entries_of_ids(entry):

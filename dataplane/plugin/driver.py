@@ -28,24 +28,29 @@ import secrets
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from dataplane.plugin.ipam import GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE
 from dataplane.plugin.protocol import PluginError, field
 
 GENERIC_OPTIONS = "com.docker.network.generic"  # where `docker network create -o k=v` arrives
 MTU_OPTIONS = ("mtu", "com.docker.network.driver.mtu")  # ours, and the bridge driver's name
 CONTAINER_IFNAME_PREFIX = "eth"
 MIN_MTU, MAX_MTU = 68, 65535
-MULTICAST_ROUTE = {"Destination": "224.0.0.0/4", "RouteType": 1}  # 1: connected, no next hop
+ROUTE_CONNECTED = 1  # libnetwork's route type for an on-link route (no next hop)
+MULTICAST_ROUTE = {"Destination": "224.0.0.0/4", "RouteType": ROUTE_CONNECTED}
+WEAVEFAST_SPACES = (LOCAL_ADDRESS_SPACE, GLOBAL_ADDRESS_SPACE)
 
 
 class Driver:
     """The NetworkDriver methods; each takes (state, request) and returns the answer.
 
-    `overlay_mtu()` returns the running router's overlay MTU or raises PluginError.
+    `overlay_mtu()` returns the running router's overlay MTU or raises PluginError;
+    `dns_address` is weavefast's DNS server on the bridge (dataplane/dns), or None.
     """
 
-    def __init__(self, bridge, overlay_mtu):
+    def __init__(self, bridge, overlay_mtu, dns_address=None):
         self.bridge = bridge
         self.overlay_mtu = overlay_mtu
+        self.dns_address = dns_address
 
     def get_capabilities(self, state, request):
         # "local": dockerd keeps the network on this host only (it is created on each
@@ -72,8 +77,13 @@ class Driver:
             raise PluginError(f"-o mtu={mtu} is larger than the overlay carries: at most "
                               f"{largest} (the router's MTU); give mtu={largest} or less, or "
                               "leave it out")
-        ipv4 = field(request, "IPv4Data", list, required=False)
-        ipv4 = ipv4[0] if ipv4 and isinstance(ipv4[0], dict) else {}
+        ipv4_data = field(request, "IPv4Data", list, required=False)
+        for data in ipv4_data:
+            if isinstance(data, dict) and data.get("AddressSpace") not in WEAVEFAST_SPACES:
+                # Docker's default IPAM hands out the same addresses on every host
+                raise PluginError("weavefast networks need weavefast's IPAM, which keeps "
+                                  "addresses unique across hosts: add --ipam-driver weavefast")
+        ipv4 = next((d for d in ipv4_data if isinstance(d, dict)), {})
         state["networks"][network_id] = {"bridge": self.bridge, "mtu": mtu,
                                          "subnet": ipv4.get("Pool"),
                                          "gateway": ipv4.get("Gateway")}
@@ -127,7 +137,8 @@ class Driver:
         mtu = min(filter(None, (network["mtu"], self.overlay_mtu())))
         container_ifname = _create_veth(endpoint_id, network["bridge"], mtu, endpoint["mac"])
         sandbox = field(request, "SandboxKey", required=False)
-        # one multicast route per container: a second one for the same prefix fails the join
+        # the multicast and DNS routes once per container: a second one for the same
+        # prefix fails the join
         first_in_container = not sandbox or all(
             other.get("sandbox") != sandbox for other in state["endpoints"].values())
         endpoint.update(joined=True, mtu=mtu, sandbox=sandbox)
@@ -135,7 +146,9 @@ class Driver:
                                     "DstPrefix": CONTAINER_IFNAME_PREFIX},
                   "DisableGatewayService": True}
         if first_in_container:
-            answer["StaticRoutes"] = [MULTICAST_ROUTE]
+            answer["StaticRoutes"] = [MULTICAST_ROUTE] + (
+                [{"Destination": f"{self.dns_address}/32", "RouteType": ROUTE_CONNECTED}]
+                if self.dns_address else [])
         return answer
 
     def leave(self, state, request):

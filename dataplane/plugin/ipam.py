@@ -1,131 +1,129 @@
-"""Docker's IpamDriver: address spaces, pools and addresses, one disjoint range per host.
+"""Docker's IpamDriver: address spaces, pools and addresses, shared by hosts through blocks.
 
-How two hosts never hand out the same address in one network: every host allocates
-only from its own range of the network's subnet, given with Docker's own
-`--ip-range`, which reaches the driver as `SubPool` in RequestPool:
+How hosts share a subnet is in blocks.py: with a store, blocks claimed by
+compare-and-swap in etcd; without one, one range per host (its `--ip-range`, or
+the whole subnet when it is alone), announced through the mesh and refused when
+another host announced an overlapping one first.
 
-    host1$ docker network create -d weavefast --ipam-driver weavefast \\
-               --subnet 10.32.0.0/16 --ip-range 10.32.1.0/24 mynet
-    host2$ docker network create -d weavefast --ipam-driver weavefast \\
-               --subnet 10.32.0.0/16 --ip-range 10.32.2.0/24 mynet
-
-Why this and not the alternatives:
-
-- Coordinating through the router's peers (a shared allocation ring, as Weave Net
-  did) needs every peer reachable while addresses are handed out, a protocol to
-  split and hand back ranges, and a story for partitions; a host would be unable to
-  start a container while cut off. Disjoint ranges need no messages at all: a host
-  allocates while alone, and nothing can conflict when peers meet again.
-- Deriving a slice per host from something the host already has (a hash of its
-  name, its peer id) cannot be collision-free: the slice index is much shorter than
-  the identity, so two hosts can land on the same slice, and "never" becomes
-  "rarely". Only an operator-assigned range is certain.
-- `--ip-range` is Docker's own flag: it shows in `docker network inspect`, and the
-  per-host choice is made once, where the network is created on that host.
-
-So a pool request without `--ip-range` is refused with an error that says what to
-type, rather than silently allocating from the whole subnet, which would collide
-as soon as the network exists on a second host. Addresses asked for by value
-(`docker run --ip`) may lie anywhere in the subnet; keeping those apart across
-hosts is the operator's choice, as it is with any static address.
-
-Within a range, addresses are handed out in turn (after the last one handed out,
-wrapping around), so an address just released is the last to be reused: other
-containers' ARP caches still point at its old owner for a while. The range's own
-first and last addresses (10.32.1.0 and 10.32.1.255 above) are not handed out. The
-gateway Docker asks for is the first usable address of the host's range (10.32.1.1,
-unique per host); the driver does not give it to containers as a default route (see
-driver.py). IPv4 only.
+`docker network create -d weavefast --ipam-driver weavefast NAME` needs no option:
+without `--subnet`, the network gets the router's default subnet (10.32.0.0/12, as
+Weave Net), the same on every host. Networks with the same subnet share its
+addresses (they share the bridge anyway); overlapping but different subnets are
+refused. The gateway Docker asks for is an ordinary address of this host's blocks
+(unique per host); the driver does not give it to containers as a default route.
+Addresses asked for by value (`docker run --ip`) must lie in a block of this host
+or in one nobody holds. A container that starts again asks for its previous
+address first (see names.py: Docker does not say who is asking). IPv4 only.
 """
 import ipaddress
+import time
 import uuid
 
+from dataplane.plugin import blocks
 from dataplane.plugin.protocol import PluginError, field
 
 LOCAL_ADDRESS_SPACE = "WeavefastLocal"
 GLOBAL_ADDRESS_SPACE = "WeavefastGlobal"
 GATEWAY_REQUEST = "com.docker.network.gateway"  # Options["RequestAddressType"] for the gateway
+DEFAULT_SUBNET = "10.32.0.0/12"
+DEFAULT_REFUSALS = 3  # default pools dockerd gave back unused before we stop offering it
 
 
-def get_capabilities(state, request):
-    # No replay after a dockerd restart: the pools and addresses are kept on disk.
-    return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
+class Ipam:
+    """The IpamDriver methods; each takes (state, request) and returns the answer."""
 
+    def __init__(self, cluster, default_subnet=DEFAULT_SUBNET, previous_address=None):
+        self.cluster = cluster
+        self.default_subnet = default_subnet
+        # (state, subnet) -> the address the container being started had, or None
+        self.previous_address = previous_address or (lambda state, subnet: None)
+        self._default_pools = {}  # pool id -> when it was handed out, until it is used
+        self._default_refusals = 0
 
-def get_default_address_spaces(state, request):
-    return {"LocalDefaultAddressSpace": LOCAL_ADDRESS_SPACE,
-            "GlobalDefaultAddressSpace": GLOBAL_ADDRESS_SPACE}
+    def get_capabilities(self, state, request):
+        # No replay after a dockerd restart: the pools and addresses are kept on disk.
+        return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
 
+    def get_default_address_spaces(self, state, request):
+        return {"LocalDefaultAddressSpace": LOCAL_ADDRESS_SPACE,
+                "GlobalDefaultAddressSpace": GLOBAL_ADDRESS_SPACE}
 
-def request_pool(state, request):
-    space = field(request, "AddressSpace")
-    if space not in (LOCAL_ADDRESS_SPACE, GLOBAL_ADDRESS_SPACE):
-        raise PluginError(f"unknown address space {space!r} (weavefast IPAM has "
-                          f"{LOCAL_ADDRESS_SPACE} and {GLOBAL_ADDRESS_SPACE})")
-    if field(request, "V6", bool, required=False):
-        raise PluginError("weavefast IPAM hands out IPv4 addresses only")
-    pool = field(request, "Pool", required=False)
-    if not pool:
-        raise PluginError("weavefast IPAM needs --subnet (the same on every host) and "
-                          "--ip-range (a different part of it on every host), e.g. "
-                          "--subnet 10.32.0.0/16 --ip-range 10.32.1.0/24 on one host and "
-                          "--ip-range 10.32.2.0/24 on the next")
-    subnet = _network(pool, "Pool")
-    sub_pool = field(request, "SubPool", required=False)
-    if not sub_pool:
-        raise PluginError(f"weavefast IPAM needs --ip-range: give this host its own part of "
-                          f"{subnet} (e.g. --ip-range {_example_range(subnet)}), a different "
-                          f"one on every host, so that no two hosts hand out the same address")
-    ip_range = _network(sub_pool, "SubPool")
-    if not ip_range.subnet_of(subnet):
-        raise PluginError(f"--ip-range {ip_range} is not inside --subnet {subnet}")
-    if len(_usable(subnet, ip_range)) < 2:
-        raise PluginError(f"--ip-range {ip_range} leaves fewer than two usable addresses "
-                          "(one goes to the gateway)")
-    for other in state["pools"].values():
-        if other["space"] == space and ipaddress.ip_network(other["subnet"]).overlaps(subnet):
-            raise PluginError(f"subnet {subnet} overlaps {other['subnet']}, already used by "
-                              "another network on this host")
-    pool_id = uuid.uuid4().hex
-    state["pools"][pool_id] = {"space": space, "subnet": str(subnet), "range": str(ip_range),
-                               "allocated": [], "last": None}
-    return {"PoolID": pool_id, "Pool": str(subnet), "Data": {}}
+    def request_pool(self, state, request):
+        space = field(request, "AddressSpace")
+        if space not in (LOCAL_ADDRESS_SPACE, GLOBAL_ADDRESS_SPACE):
+            raise PluginError(f"unknown address space {space!r} (weavefast IPAM has "
+                              f"{LOCAL_ADDRESS_SPACE} and {GLOBAL_ADDRESS_SPACE})")
+        if field(request, "V6", bool, required=False):
+            raise PluginError("weavefast IPAM hands out IPv4 addresses only")
+        asked = field(request, "Pool", required=False)
+        subnet = _network(asked or self.default_subnet, "Pool")
+        if not asked and self._default_refusals >= DEFAULT_REFUSALS:
+            self._default_refusals = 0
+            raise PluginError(f"the default subnet {subnet} overlaps a route of this host, so "
+                              f"dockerd refuses it: give --subnet CIDR, or start the router "
+                              f"with --subnet CIDR")
+        sub_pool = field(request, "SubPool", required=False)
+        ip_range = _network(sub_pool, "SubPool") if sub_pool else None
+        if ip_range is not None:
+            if not ip_range.subnet_of(subnet):
+                raise PluginError(f"--ip-range {ip_range} is not inside --subnet {subnet}")
+            if len(blocks.usable(subnet, ip_range, trim=True)) < 2:
+                raise PluginError(f"--ip-range {ip_range} leaves fewer than two usable "
+                                  "addresses (one goes to the gateway)")
+        for other in state["pools"].values():
+            other_subnet = ipaddress.ip_network(other["subnet"])
+            if other["space"] == space and other_subnet.overlaps(subnet) \
+                    and other_subnet != subnet:
+                raise PluginError(f"subnet {subnet} overlaps {other['subnet']}, already used "
+                                  "by another network on this host")
+        if self.cluster.store is None:  # refuse a range another host has, at create time
+            blocks.own_range(self.cluster, state, subnet, ip_range or subnet)
+        pool_id = uuid.uuid4().hex
+        state["pools"][pool_id] = {"space": space, "subnet": str(subnet),
+                                   "range": str(ip_range) if ip_range else None}
+        if not asked:
+            self._default_pools[pool_id] = time.monotonic()
+        return {"PoolID": pool_id, "Pool": str(subnet), "Data": {}}
 
+    def release_pool(self, state, request):
+        pool_id = field(request, "PoolID")
+        pool = _pool(state, pool_id)
+        del state["pools"][pool_id]
+        # dockerd gives a pool it did not ask for back at once, and asks again, when it
+        # overlaps a route of the host: after a few rounds, refuse with the fix instead
+        created = self._default_pools.pop(pool_id, None)
+        if created is not None and time.monotonic() - created < 1.0:
+            self._default_refusals += 1
+        blocks.drop_subnet_if_unused(self.cluster, state, pool["subnet"])
+        return {}
 
-def release_pool(state, request):
-    pool_id = field(request, "PoolID")
-    _pool(state, pool_id)
-    del state["pools"][pool_id]
-    return {}
+    def request_address(self, state, request):
+        pool_id = field(request, "PoolID")
+        pool = _pool(state, pool_id)
+        self._default_pools.pop(pool_id, None)
+        self._default_refusals = 0
+        subnet = ipaddress.ip_network(pool["subnet"])
+        limit = ipaddress.ip_network(pool["range"]) if pool["range"] else None
+        wanted = field(request, "Address", required=False)
+        options = field(request, "Options", dict, required=False)
+        if wanted:
+            address = _address(wanted, "Address")
+            if address not in subnet or address in (subnet.network_address,
+                                                    subnet.broadcast_address):
+                raise PluginError(f"address {address} is not a usable address of {subnet}")
+            address = blocks.reserve(self.cluster, state, subnet, str(address))
+        elif options.get("RequestAddressType") == GATEWAY_REQUEST:
+            address = blocks.allocate(self.cluster, state, subnet, limit)
+        else:
+            address = blocks.allocate(self.cluster, state, subnet, limit,
+                                      preferred=self.previous_address(state, str(subnet)))
+        return {"Address": f"{address}/{subnet.prefixlen}", "Data": {}}
 
-
-def request_address(state, request):
-    pool = _pool(state, field(request, "PoolID"))
-    subnet = ipaddress.ip_network(pool["subnet"])
-    wanted = field(request, "Address", required=False)
-    options = field(request, "Options", dict, required=False)
-    if wanted:
-        address = _address(wanted, "Address")
-        if address not in subnet or address in (subnet.network_address, subnet.broadcast_address):
-            raise PluginError(f"address {address} is not a usable address of {subnet}")
-        if str(address) in pool["allocated"]:
-            raise PluginError(f"address {address} is already in use")
-    elif options.get("RequestAddressType") == GATEWAY_REQUEST:
-        address = _next_free(pool, subnet, after=None)
-    else:
-        address = _next_free(pool, subnet, after=pool["last"])
-        pool["last"] = str(address)
-    pool["allocated"].append(str(address))
-    return {"Address": f"{address}/{subnet.prefixlen}", "Data": {}}
-
-
-def release_address(state, request):
-    pool = _pool(state, field(request, "PoolID"))
-    address = str(_address(field(request, "Address"), "Address"))
-    if address not in pool["allocated"]:
-        raise PluginError(f"address {address} is not allocated in pool {pool['subnet']}")
-    pool["allocated"].remove(address)
-    return {}
+    def release_address(self, state, request):
+        pool = _pool(state, field(request, "PoolID"))
+        address = str(_address(field(request, "Address"), "Address"))
+        blocks.release(state, pool["subnet"], address)
+        return {}
 
 
 def _pool(state, pool_id):
@@ -150,32 +148,3 @@ def _address(text, name):
         return ipaddress.ip_interface(text).ip
     except ValueError:
         raise PluginError(f"{name} {text!r} is not an IP address") from None
-
-
-def _usable(subnet, ip_range):
-    """The range's addresses, as integers, without the subnet's network and broadcast
-    addresses, nor the range's own (valid in a larger subnet, but they look wrong to
-    people and to some programs)."""
-    first, last = int(ip_range.network_address), int(ip_range.broadcast_address)
-    if ip_range.prefixlen < 31:
-        first, last = first + 1, last - 1
-    if subnet.prefixlen < 31:
-        first = max(first, int(subnet.network_address) + 1)
-        last = min(last, int(subnet.broadcast_address) - 1)
-    return range(first, last + 1)
-
-
-def _next_free(pool, subnet, after):
-    """The first free usable address of the pool's range that follows `after` (wrapping)."""
-    usable = _usable(subnet, ipaddress.ip_network(pool["range"]))
-    start = usable.index(int(ipaddress.ip_address(after))) + 1 if after else 0
-    taken = set(pool["allocated"])
-    for i in range(len(usable)):
-        candidate = ipaddress.ip_address(usable[(start + i) % len(usable)])
-        if str(candidate) not in taken:
-            return candidate
-    raise PluginError(f"no free address left in --ip-range {pool['range']}")
-
-
-def _example_range(subnet):
-    return next(subnet.subnets(new_prefix=24)) if subnet.prefixlen < 24 else subnet

@@ -11,7 +11,9 @@ that Docker does not know is a leak:
 - a network Docker does not have (with its endpoints),
 - an endpoint no container of its network has (and its veth pair),
 - a pool no network of Docker uses,
-- an address of a pool that is neither a gateway nor a container's address.
+- an address of this host's blocks of a subnet (blocks.py) that is neither a gateway
+  nor a container's address on a network of Docker with that subnet (all of them when
+  no network of Docker has the subnet).
 
 A leak is freed once it has looked leaked for `grace` seconds (one reconciliation
 interval): a container being created holds its address a moment before Docker
@@ -30,7 +32,7 @@ import logging
 import threading
 import time
 
-from dataplane.plugin import ipam
+from dataplane.plugin import blocks
 from dataplane.plugin.driver import delete_veth
 from dataplane.plugin.protocol import PluginError
 
@@ -51,14 +53,13 @@ class DockerNetwork:
     endpoints: dict  # endpoint id -> container name
 
 
-def docker_networks(docker_host, driver_name, timeout=DOCKER_TIMEOUT):
-    """{network id: DockerNetwork} for dockerd's networks that use this plugin.
+def docker_networks(docker, driver_name, timeout=DOCKER_TIMEOUT):
+    """{network id: DockerNetwork} for dockerd's networks that use this plugin, asked
+    through `docker` (a docker_api.DockerClient).
 
-    Raises docker.errors.DockerException (or OSError) when dockerd does not answer.
+    Raises DockerError, docker.errors.DockerException or OSError when dockerd does not answer.
     """
-    import docker  # only the plugin needs it; importing it costs a fraction of a second
-
-    client = docker.APIClient(base_url=docker_host, version="auto", timeout=timeout)
+    client = docker.api(timeout)
     try:
         networks = {}
         for summary in client.networks():
@@ -98,24 +99,27 @@ def leaks(state, networks):
         if endpoint_id not in endpoints_in_docker:
             found.add(("endpoint", endpoint_id))
     for pool_id, pool in state["pools"].items():
-        subnet = _normal(pool["subnet"])
-        users = [n for n in networks.values() if subnet in n.subnets]
-        if not users:
+        if not any(_normal(pool["subnet"]) in n.subnets for n in networks.values()):
             found.add(("pool", pool_id))
-            continue
-        # dockerd reports a gateway it was not given only until it restarts: the one
-        # it got at CreateNetwork counts too, and without any, no address is freed
-        gateways = {_address(n["gateway"]) for n in state["networks"].values()
-                    if n.get("gateway") and n.get("subnet") and _normal(n["subnet"]) == subnet}
-        in_use = set().union(gateways, *(n.in_use for n in users))
-        if not gateways and not any(n.gateway for n in users):
-            continue
-        found |= {("address", pool_id, address) for address in pool["allocated"]
+    # addresses are kept per subnet (blocks.py), shared by the pools of that subnet
+    for subnet, entry in state["subnets"].items():
+        users = [n for n in networks.values() if subnet in n.subnets]
+        in_use = set()  # with no network of Docker on the subnet, none of its addresses
+        if users:
+            # dockerd reports a gateway it was not given only until it restarts: the one
+            # it got at CreateNetwork counts too, and without any, no address is freed
+            gateways = {_address(n["gateway"]) for n in state["networks"].values()
+                        if n.get("gateway") and n.get("subnet")
+                        and _normal(n["subnet"]) == subnet}
+            if not gateways and not any(n.gateway for n in users):
+                continue
+            in_use = in_use.union(gateways, *(n.in_use for n in users))
+        found |= {("address", subnet, address) for address in entry["allocated"]
                   if address not in in_use}
     return found
 
 
-def free(state, driver, leak):
+def free(state, driver, ipam, leak):
     """Free one leak in `state` as the call dockerd could not make would have."""
     kind, key = leak[0], leak[1]
     if kind == "network" and key in state["networks"]:
@@ -125,9 +129,9 @@ def free(state, driver, leak):
         del state["endpoints"][key]
     elif kind == "pool" and key in state["pools"]:
         ipam.release_pool(state, {"PoolID": key})
-    elif kind == "address" and key in state["pools"] and leak[2] in state["pools"][key]["allocated"]:
-        ipam.release_address(state, {"PoolID": key, "Address": leak[2]})
-
+    elif kind == "address" and leak[2] in state["subnets"].get(key, {}).get("allocated", []):
+        blocks.release(state, key, leak[2])
+        blocks.drop_subnet_if_unused(ipam.cluster, state, key)  # its pool may have gone first
 
 def describe(leak):
     return f"{leak[0]} {leak[2] if leak[0] == 'address' else leak[1][:12]}"
@@ -136,10 +140,11 @@ def describe(leak):
 class Reconciler:
     """The thread that compares the plugin's state with dockerd's and frees leaks."""
 
-    def __init__(self, store, driver, docker_host, driver_name, interval=DEFAULT_INTERVAL,
+    def __init__(self, store, driver, ipam, docker, driver_name, interval=DEFAULT_INTERVAL,
                  on_error=lambda message: None):
-        self.store, self.driver = store, driver
-        self.docker_host, self.driver_name = docker_host, driver_name
+        self.store, self.driver, self.ipam = store, driver, ipam
+        self.docker, self.docker_host = docker, docker.docker_host
+        self.driver_name = driver_name
         self.interval = interval
         self.on_error = on_error
         self.networks = {}  # Docker's view at the last pass that reached dockerd
@@ -174,7 +179,7 @@ class Reconciler:
     def run_once(self):
         """One pass; returns the leaks freed (descriptions)."""
         try:
-            networks = docker_networks(self.docker_host, self.driver_name)
+            networks = docker_networks(self.docker, self.driver_name)
         except Exception as e:  # dockerd not running yet (at boot), or gone
             self._report_docker(f"cannot ask dockerd at {self.docker_host} what is in use "
                                 f"({e}); leaks are freed once it answers")
@@ -190,7 +195,7 @@ class Reconciler:
                 # networks first: freeing one frees its endpoints too
                 for leak in sorted(current, key=lambda leak: leak[0] != "network"):
                     if now - self._suspects[leak] >= self.interval:
-                        free(state, self.driver, leak)
+                        free(state, self.driver, self.ipam, leak)
                         del self._suspects[leak]
                         freed.append(describe(leak))
         except (PluginError, OSError) as e:

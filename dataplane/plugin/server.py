@@ -9,9 +9,12 @@ gets 400 with the same key; an unknown method 404 (dockerd then treats the metho
 not implemented). Calls are served one at a time, each on a copy of the state that
 is saved before it becomes current (see state.py), so a failed call changes nothing.
 At start and every few seconds the plugin also puts the containers' ports back on
-the bridge if the bridge was recreated meanwhile (see driver.reattach_ports), and
-it frees what dockerd no longer uses (see reconcile.py). `GET /status` on the same
-socket answers the plugin's status (networks, endpoints, last errors) as JSON.
+the bridge if the bridge was recreated meanwhile (see driver.reattach_ports), gives
+back address blocks that stayed empty (blocks.py) and announces its address ranges
+through the mesh when there is no store. With a Docker API to follow (`docker_host`),
+it also keeps containers' names and previous addresses (names.py) and frees what
+dockerd no longer uses (see reconcile.py). `GET /status` on the same socket answers
+the plugin's status (networks, endpoints, address blocks, last errors) as JSON.
 
 The router runs the same server in its own process with `start_plugin()`.
 """
@@ -30,11 +33,15 @@ import threading
 import time
 from pathlib import Path
 
-from dataplane.plugin import ipam, overlay, report
+from dataplane.plugin import blocks, overlay, report
+from dataplane.plugin.docker_api import DockerClient
 from dataplane.plugin.driver import Driver, parse_mtu, reattach_ports
+from dataplane.plugin.ipam import DEFAULT_SUBNET, Ipam
+from dataplane.plugin.names import Names
 from dataplane.plugin.protocol import BadRequest, PluginError
 from dataplane.plugin.reconcile import DEFAULT_INTERVAL, Reconciler
 from dataplane.plugin.state import StateError, StateStore
+from dataplane.store import EtcdStore
 
 DEFAULT_SOCKET = "/run/docker/plugins/weavefast.sock"
 DEFAULT_STATE_DIR = "/var/lib/weavefast/plugin"
@@ -44,6 +51,8 @@ DEFAULT_STATUS_ADDR = "127.0.0.1:6784"
 KEPT_ERRORS = 10  # the last errors shown in the status
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 REQUEST_TIMEOUT = 30  # seconds a client may take to send its request
+MAINTENANCE_INTERVAL = 1  # seconds between block releases and range announcements
+RECONCILE_RETRY = 10  # seconds between attempts to read this host's blocks from the store
 REATTACH_INTERVAL = 5  # seconds between checks that containers' ports are on the bridge
 MAX_BODY = 1 << 20
 
@@ -131,18 +140,26 @@ class Plugin:
     """A running plugin server; `close()` stops it and removes its socket.
 
     `overlay_mtu()` gives the router's overlay MTU (see overlay.py). With a
-    `docker_host` (e.g. unix:///var/run/docker.sock) the plugin reconciles its state
-    with that dockerd every `reconcile_interval` seconds (see reconcile.py).
+    `docker_host` (e.g. unix:///var/run/docker.sock) the plugin follows that dockerd
+    for names (names.py) and reconciles its state with it every `reconcile_interval`
+    seconds (see reconcile.py). `cluster` is blocks.Cluster (this host alone when None).
     """
 
     def __init__(self, bridge, overlay_mtu, socket_path, state_dir, docker_host=None,
-                 reconcile_interval=DEFAULT_INTERVAL):
+                 reconcile_interval=DEFAULT_INTERVAL, cluster=None, dns_address=None,
+                 default_subnet=DEFAULT_SUBNET):
         self.socket_path = Path(socket_path)
         _claim_socket_path(self.socket_path)
         self.store = StateStore(state_dir)
         self.overlay_mtu = overlay_mtu
         self.errors = collections.deque(maxlen=KEPT_ERRORS)
-        driver = Driver(bridge, overlay_mtu)
+        self.cluster = cluster or blocks.Cluster(socket.gethostname())
+        self.docker = DockerClient(docker_host) if docker_host else None
+        self.names = Names(self.store, self.cluster, self.docker,
+                           usage=lambda: blocks.summary(self.store.data)) if self.docker else None
+        ipam = Ipam(self.cluster, default_subnet,
+                    self.names.previous_address if self.names else None)
+        driver = Driver(bridge, overlay_mtu, dns_address)
         self.methods = {
             "Plugin.Activate": _activate,
             "NetworkDriver.GetCapabilities": driver.get_capabilities,
@@ -165,9 +182,13 @@ class Plugin:
             "IpamDriver.ReleaseAddress": ipam.release_address,
         }
         self._reattach_ports()  # before serving: see driver.reattach_ports
+        self._reconciled = self.cluster.store is None
+        self._next_reconcile = 0.0
+        self._announced = None
+        self._maintain()
         self.reconciler = None
-        if docker_host:
-            self.reconciler = Reconciler(self.store, driver, docker_host,
+        if self.docker:
+            self.reconciler = Reconciler(self.store, driver, ipam, self.docker,
                                          driver_name=self.socket_path.stem,
                                          interval=reconcile_interval,
                                          on_error=self.record_error)
@@ -178,6 +199,8 @@ class Plugin:
             threading.Thread(target=self._server.serve_forever, name="weavefast-plugin",
                              daemon=True),
             threading.Thread(target=self._keep_ports_attached, name="weavefast-plugin-ports",
+                             daemon=True),
+            threading.Thread(target=self._keep_blocks, name="weavefast-plugin-blocks",
                              daemon=True),
         ]
         for thread in self._threads:
@@ -193,20 +216,6 @@ class Plugin:
         """A call changed the state: let the reconciler look at Docker soon."""
         if self.reconciler:
             self.reconciler.soon()
-
-    def status(self):
-        """The plugin's part of `weavefast status`; see report.py."""
-        with self.store.lock:
-            state = json.loads(json.dumps(self.store.data))
-        reconciler, docker_networks, reconciliation = self.reconciler, {}, None
-        if reconciler:
-            docker_networks = reconciler.networks
-            reconciliation = {"docker_host": reconciler.docker_host,
-                              "interval": reconciler.interval, "last": reconciler.last_pass}
-        return report.plugin_status(
-            state, socket=str(self.socket_path), overlay_mtu=self._known_overlay_mtu(),
-            docker_networks=docker_networks, reconciliation=reconciliation,
-            errors=list(self.errors))
 
     def _known_overlay_mtu(self):
         try:
@@ -227,10 +236,73 @@ class Plugin:
         while not self._closing.wait(REATTACH_INTERVAL):
             self._reattach_ports()
 
+    def _maintain(self):
+        """Blocks: reconcile with the store once it answers, give back empty ones, announce
+        ranges through the mesh. Store trouble is logged and retried."""
+        if self.cluster.store_error is not None:  # after an outage, look again: see
+            self._reconciled = False              # blocks.reconcile_with_store
+        try:
+            with self.store.transaction() as state:
+                if not self._reconciled and time.monotonic() >= self._next_reconcile:
+                    self._next_reconcile = time.monotonic() + RECONCILE_RETRY
+                    self.cluster.store_call("read this host's blocks", blocks.reconcile_with_store,
+                                            self.cluster, state)
+                    self._reconciled = True
+                released = blocks.release_empty_blocks(self.cluster, state)
+            if released:
+                log.info("gave back empty block(s) %s", ", ".join(released))
+            if self.cluster.store is None and self.cluster.mesh is not None:
+                announcement = blocks.announcement(self.store.data)
+                if announcement != self._announced:
+                    self.cluster.mesh.publish(blocks.MESH_KEY, announcement)
+                    self._announced = announcement
+        except PluginError as e:
+            log.debug("blocks: %s", e)
+        except Exception:
+            log.exception("address block upkeep failed")
+
+    def _keep_blocks(self):
+        while not self._closing.wait(MAINTENANCE_INTERVAL):
+            self._maintain()
+
+    def status(self):
+        """The plugin's part of `weavefast status` (see report.py): networks, endpoints,
+        reconciliation, address blocks, store, names."""
+        # without the lock: a call waiting on the store must not hold up the router's
+        # status (it runs on the control plane's loop); the state is replaced, never changed
+        state = self.store.data
+        reconciler, docker_networks, reconciliation = self.reconciler, {}, None
+        if reconciler:
+            docker_networks = reconciler.networks
+            reconciliation = {"docker_host": reconciler.docker_host,
+                              "interval": reconciler.interval, "last": reconciler.last_pass}
+        conflicts = blocks.mesh_conflicts(self.cluster, state)
+        store = self.cluster.store
+        return {
+            **report.plugin_status(
+                state, socket=str(self.socket_path), overlay_mtu=self._known_overlay_mtu(),
+                docker_networks=docker_networks, reconciliation=reconciliation,
+                errors=list(self.errors)),
+            "host": self.cluster.host,
+            "store": None if store is None else {
+                "endpoints": store.display,
+                "state": "unreachable" if self.cluster.store_error else "reachable",
+                "error": self.cluster.store_error, "since": self.cluster.store_error_since},
+            "blocks": blocks.summary(state),
+            "conflicts": [{"subnet": c[0], "range": c[1], "host": c[2], "their_range": c[3]}
+                          for c in conflicts],
+            "peer_ranges": {} if self.cluster.mesh is None or store is not None else {
+                host: ranges for host, ranges in self.cluster.mesh.peers(blocks.MESH_KEY).items()
+                if host != self.cluster.host},
+            "names": self.names.status() if self.names else None,
+        }
+
     def close(self):
         self._closing.set()
         if self.reconciler:
             self.reconciler.close()
+        if self.names:
+            self.names.close()
         self._server.shutdown()
         self._server.server_close()
         for thread in self._threads:
@@ -259,7 +331,8 @@ _READ_ONLY = {"Plugin.Activate", "NetworkDriver.GetCapabilities",
 
 def start_plugin(bridge=DEFAULT_BRIDGE, mtu=None, socket_path=DEFAULT_SOCKET,
                  state_dir=DEFAULT_STATE_DIR, docker_host=None,
-                 reconcile_interval=DEFAULT_INTERVAL, status_addr=DEFAULT_STATUS_ADDR):
+                 reconcile_interval=DEFAULT_INTERVAL, status_addr=DEFAULT_STATUS_ADDR,
+                 **cluster_options):
     """Serve the plugin from a thread of this process (as `weavefast router --plugin` does).
 
     `mtu` is the overlay MTU when the caller knows it (the router does); without it the
@@ -271,7 +344,8 @@ def start_plugin(bridge=DEFAULT_BRIDGE, mtu=None, socket_path=DEFAULT_SOCKET,
     permission) and StateError when the state file cannot be read.
     """
     overlay_mtu = overlay.fixed(mtu) if mtu else overlay.RouterMTU(f"http://{status_addr}/status")
-    return Plugin(bridge, overlay_mtu, socket_path, state_dir, docker_host, reconcile_interval)
+    return Plugin(bridge, overlay_mtu, socket_path, state_dir, docker_host, reconcile_interval,
+                  **cluster_options)
 
 
 def _claim_socket_path(path):
@@ -306,6 +380,19 @@ def add_arguments(parser: argparse.ArgumentParser):
                         help="the router's status API, asked for the overlay MTU "
                              "(default %(default)s)")
     add_reconcile_arguments(parser)
+    parser.add_argument("--store", default=os.environ.get("WEAVEFAST_STORE"),
+                        metavar="etcd://HOST:2379",
+                        help="cluster store for address blocks (default $WEAVEFAST_STORE; none: "
+                             "this host's --ip-range, or the whole subnet)")
+    parser.add_argument("--name", default=socket.gethostname(),
+                        help="this host's name in the store (default: the hostname; the "
+                             "router's --name when run by `weavefast router --plugin`)")
+    parser.add_argument("--block-size", type=int, default=blocks.DEFAULT_BLOCK_PREFIX,
+                        metavar="PREFIX", help="prefix length of the address blocks claimed in "
+                                               "the store (default /%(default)s)")
+    parser.add_argument("--block-grace", type=float, default=blocks.DEFAULT_GRACE,
+                        metavar="SECONDS", help="how long a block stays empty before it is "
+                                                "given back (default %(default)s)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
 
@@ -347,9 +434,12 @@ def run(args) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
+        store = EtcdStore(args.store) if args.store else None
         plugin = start_plugin(args.bridge, args.mtu, args.socket, args.state_dir,
-                              args.docker_host, args.reconcile_interval, args.status_addr)
-    except (OSError, StateError) as e:
+                              args.docker_host, args.reconcile_interval, args.status_addr,
+                              cluster=blocks.Cluster(args.name, store, block_prefix=args.block_size,
+                                                     grace=args.block_grace))
+    except (OSError, StateError, ValueError) as e:
         log.error("cannot start: %s", e)
         return 1
     log.info("serving NetworkDriver and IpamDriver on %s (bridge %s, mtu %s, state in %s)",

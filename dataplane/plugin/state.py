@@ -19,7 +19,22 @@ STATE_FILE = "state.json"
 
 
 def empty_state():
-    return {"version": FORMAT_VERSION, "networks": {}, "endpoints": {}, "pools": {}}
+    return {"version": FORMAT_VERSION, "networks": {}, "endpoints": {}, "pools": {},
+            "subnets": {}}
+
+
+def _upgrade(data):
+    """State files written before address blocks: each pool held its own --ip-range and
+    addresses; they become this host's range of the pool's subnet."""
+    subnets = data.setdefault("subnets", {})
+    for pool in data["pools"].values():
+        if "allocated" in pool:
+            entry = subnets.setdefault(pool["subnet"], {"blocks": {}, "allocated": [],
+                                                        "last": None})
+            entry["blocks"][pool["range"]] = {"empty_since": None, "since": 0, "trim": True}
+            entry["allocated"] += pool.pop("allocated")
+            entry["last"] = pool.pop("last")
+    return data
 
 
 class StateError(RuntimeError):
@@ -48,7 +63,7 @@ class StateStore:
         if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
             raise StateError(f"{self.path}: unsupported state format "
                              f"(want version {FORMAT_VERSION}); move it away to start empty")
-        return data
+        return _upgrade(data)
 
     @contextlib.contextmanager
     def transaction(self):

@@ -63,7 +63,8 @@ static inline const uint8_t *wf_reasm_feed(wf_reasm *r, uint32_t src, uint32_t m
     }
     if (!s) {
         if (offset != 0) { (*dropped)++; return NULL; }  /* missed the start */
-        if (peer_slot) { (*dropped)++; s = peer_slot; }  /* a newer message from that sender */
+        if (peer_slot) { (*dropped)++; peer_slot->have = 0; }  /* a newer message from that sender */
+        if (len == total) return chunk;                  /* whole in one fragment: no slot */
         for (unsigned i = 0; i < r->nslots && !s; i++)
             if (!r->slots[i].have) s = &r->slots[i];
         if (!s) {
