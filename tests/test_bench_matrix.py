@@ -2,6 +2,8 @@
 a TCP transfer between the two containers arrives byte-identical and the routers
 report every offload on and nothing degraded (but TAP USO where the kernel lacks it). Real namespaces; the figures are
 the bench's business, no timing is asserted here."""
+import shutil
+
 import pytest
 
 from dataplane import bench, testbed
@@ -27,6 +29,8 @@ def namespaces_available():
     (bench.DEFAULT, "weavefast-sealed"),
 ], ids=lambda x: getattr(x, "name", x))
 def test_variant_carries_a_transfer_intact_with_every_offload(variant, system):
+    if variant.veth_offloads_off and shutil.which("ethtool") is None:
+        pytest.skip("needs ethtool: apt-get install ethtool")
     with bench.build_testbed(variant, system, prefix=testbed.unique_prefix(PREFIX_BASE)) as tb:
         tb.start_routers(extra_args=bench.weavefast_args(variant, system))
         c1, c2 = tb.containers
