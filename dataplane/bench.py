@@ -14,18 +14,25 @@ container c2 (server):
 
 The systems differ only in what carries c1's frames to c2:
 
-- weavefast: `weavefast router` in each host, its TAP on the bridge (container MTU 1414),
+- weavefast: `weavefast router` in each host, its TAP on the bridge (container MTU 1414
+  on a 1500-byte underlay: 86 bytes of encapsulation),
   no network secret: frames in clear, each datagram carrying the session token;
 - weavefast-sealed: the same with `--password`: every datagram sealed (AES-256-GCM
   where the CPU has AES instructions, else ChaCha20-Poly1305);
 - vxlan: a kernel `vxlan` device on each bridge, VNI 42, UDP port 4789, remote =
-  the other host (container MTU 1450);
+  the other host (container MTU 1450: 50 bytes);
 - direct: no encapsulation. Each host routes its container's /32 over the underlay
   veth and answers ARP for the remote container (proxy ARP on the bridge), so
   the containers talk as on one subnet (container MTU 1500).
 
 Other engineers' and CI's work on a small machine makes single runs noisy:
 `--repeat N` measures every system N times, in turns, and reports the medians.
+
+`--matrix` runs the same measurements over host variants that real users have
+(`VARIANTS`: IPv6 disabled on the hosts, container veths without offloads,
+underlay MTU 9000 and 1280, a TAP created by the operator with `--mtu 1400`,
+`--workers 2`), each against kernel VXLAN and direct in the same run, and ends
+with one table of weavefast's ratios to kernel VXLAN per variant.
 
 Results: a table (each figure also as a ratio to kernel VXLAN), JSON, and a PNG
 chart when matplotlib is installed. Every namespace and process is removed at the
@@ -42,6 +49,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pyroute2 import IPRoute
@@ -50,7 +58,41 @@ from dataplane import testbed
 from dataplane.router import OFFLOAD_FLAGS
 
 SYSTEMS = ("weavefast", "weavefast-sealed", "vxlan", "direct")
-CONTAINER_MTU = {"weavefast": 1414, "weavefast-sealed": 1414, "vxlan": 1450, "direct": 1500}
+ENCAP_OVERHEAD = {"weavefast": testbed.ENCAP_OVERHEAD, "weavefast-sealed": testbed.ENCAP_OVERHEAD,
+                  "vxlan": 50, "direct": 0}
+OPERATOR_TAP = "wfop0"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A way real hosts differ from the project's testbed."""
+    name: str
+    description: str
+    systems: tuple = ("weavefast", "vxlan", "direct")
+    underlay_mtu: int = 1500
+    overlay_mtu: int | None = None   # every system's containers, and weavefast's --mtu
+    router_args: tuple = ()
+    ipv6_disabled: bool = False
+    veth_offloads_off: bool = False
+    operator_tap: bool = False
+
+    def container_mtu(self, system):
+        return self.overlay_mtu or self.underlay_mtu - ENCAP_OVERHEAD[system]
+
+
+VARIANTS = (
+    Variant("default", "the project's testbed", systems=SYSTEMS),
+    Variant("ipv6-off", "IPv6 disabled on the hosts by sysctl", ipv6_disabled=True),
+    Variant("veth-offloads-off", "container veths with offloads off (ethtool -K tx tso gso gro off)",
+            veth_offloads_off=True),
+    Variant("jumbo", "underlay MTU 9000", underlay_mtu=9000),
+    Variant("mtu-1280", "underlay MTU 1280", underlay_mtu=1280),
+    Variant("operator-tap", f"TAP {OPERATOR_TAP} created and bridged by the operator, --tap and --mtu 1400 "
+            "(every system's containers at MTU 1400)", overlay_mtu=1400, operator_tap=True),
+    Variant("workers-2", "weavefast with --workers 2", router_args=("--workers", "2")),
+)
+VARIANT_NAMES = tuple(v.name for v in VARIANTS)
+DEFAULT = VARIANTS[0]
 BENCH_SECRET = "weavefast bench"
 VXLAN_VNI = 42
 VXLAN_PORT = 4789
@@ -95,6 +137,9 @@ def add_arguments(p) -> None:
                    help="smoke run for CI: 1-second iperf3 runs, 20 pings (overrides --duration, --pings)")
     p.add_argument("--only", default=",".join(SYSTEMS), metavar="LIST",
                    help="comma-separated systems to measure, of: %(default)s")
+    p.add_argument("--matrix", nargs="?", const=",".join(VARIANT_NAMES), metavar="LIST",
+                   help="measure over host variants (all, or a comma-separated list of: "
+                        f"{', '.join(VARIANT_NAMES)}) and print weavefast's ratios to kernel VXLAN per variant")
     p.add_argument("--json", default="bench-results/bench.json", metavar="PATH",
                    help="where to write the results (default %(default)s)")
     p.add_argument("--png", default="bench-results/bench.png", metavar="PATH",
@@ -108,12 +153,13 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     try:
         systems = _parse_only(args.only)
+        variants = _parse_matrix(args.matrix) if args.matrix else [DEFAULT]
         if min(args.duration, args.pings, args.repeat) < 1:
             raise ValueError("--duration, --pings and --repeat must be at least 1")
     except ValueError as e:
         print(f"weavefast bench: {e}", file=sys.stderr)
         return 2
-    problem = _missing_prerequisite()
+    problem = _missing_prerequisite(need_ethtool=any(v.veth_offloads_off for v in variants))
     if problem:
         print(f"weavefast bench: {problem}", file=sys.stderr)
         return 2
@@ -130,26 +176,29 @@ def run(args) -> int:
         "pings": pings,
         "repeat": args.repeat,
         "router_args": router_args,
-        "systems": {},
         "errors": {},
     }
+    plan = [(v, [s for s in systems if s in v.systems] if args.matrix else systems) for v in variants]
     previous_handlers = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     testbed.remove_leftovers(PREFIX_BASE)  # namespaces of a bench that was killed
-    rounds = {system: [] for system in systems}
+    rounds = {(v.name, system): [] for v, chosen in plan for system in chosen}
     try:
         # in turns, so that a burst of load elsewhere on the machine hits one round of
         # each system rather than every round of one
         for turn in range(1, args.repeat + 1):
-            for system in systems:
-                if system in results["errors"]:
-                    continue
-                print(f"{system}: building the testbed (container MTU {CONTAINER_MTU[system]})"
-                      f"{f', round {turn} of {args.repeat}' if args.repeat > 1 else ''} ...", flush=True)
-                try:
-                    rounds[system].append(measure(system, duration, pings, router_args))
-                except BenchError as e:
-                    print(f"{system}: FAILED: {e}", file=sys.stderr)
-                    results["errors"][system] = str(e)
+            for variant, chosen in plan:
+                for system in chosen:
+                    label = f"{variant.name}/{system}" if args.matrix else system
+                    if label in results["errors"]:
+                        continue
+                    print(f"{label}: building the testbed (container MTU {variant.container_mtu(system)})"
+                          f"{f', round {turn} of {args.repeat}' if args.repeat > 1 else ''} ...", flush=True)
+                    try:
+                        rounds[variant.name, system].append(measure(system, variant, duration, pings,
+                                                                    router_args, label))
+                    except BenchError as e:
+                        print(f"{label}: FAILED: {e}", file=sys.stderr)
+                        results["errors"][label] = str(e)
     except _Interrupted as e:
         print("interrupted; everything removed", file=sys.stderr)
         return 128 + e.signum
@@ -159,17 +208,39 @@ def run(args) -> int:
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
     results["load_average_after"] = os.getloadavg()
-    results["systems"] = {system: medians(runs) for system, runs in rounds.items() if runs}
     if args.repeat > 1:
-        results["rounds"] = rounds
-    results["ratios_vs_vxlan"] = ratios_vs_vxlan(results["systems"])
-    if results["systems"]:
+        results["rounds"] = {"/".join(key): runs for key, runs in rounds.items()}
+    if args.matrix:
+        results["variants"] = {}
+        for variant, chosen in plan:
+            measured = {s: medians(rounds[variant.name, s]) for s in chosen if rounds[variant.name, s]}
+            results["variants"][variant.name] = {
+                "description": variant.description, "systems": measured,
+                "ratios_vs_vxlan": ratios_vs_vxlan(measured)}
+            if measured:
+                print(f"\n{variant.name}: {variant.description}")
+                print(format_table({**results, **results["variants"][variant.name]}, errors=False))
         print()
-        print(format_table(results))
+        print(format_matrix(results))
+    else:
+        results["systems"] = {s: medians(rounds[DEFAULT.name, s]) for s in systems if rounds[DEFAULT.name, s]}
+        results["ratios_vs_vxlan"] = ratios_vs_vxlan(results["systems"])
+        if results["systems"]:
+            print()
+            print(format_table(results))
     write_json(results, Path(args.json))
     print(f"results: {args.json}")
-    draw_chart_or_explain(results, Path(args.png))
+    if not args.matrix:
+        draw_chart_or_explain(results, Path(args.png))
     return 1 if results["errors"] else 0
+
+
+def _parse_matrix(text):
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANT_NAMES]
+    if unknown or not names:
+        raise ValueError(f"--matrix {text!r}: choose from {', '.join(VARIANT_NAMES)}")
+    return [v for v in VARIANTS if v.name in names]
 
 
 def _parse_only(text):
@@ -180,7 +251,9 @@ def _parse_only(text):
     return [s for s in SYSTEMS if s in systems]  # always in the same order
 
 
-def _missing_prerequisite():
+def _missing_prerequisite(need_ethtool=False):
+    if need_ethtool and shutil.which("ethtool") is None:
+        return "ethtool is not installed (the veth-offloads-off variant needs it): apt-get install ethtool"
     if shutil.which("iperf3") is None:
         return "iperf3 is not installed: apt-get install iperf3"
     if shutil.which("ping") is None:
@@ -204,31 +277,67 @@ def _interrupt(signum, frame):
 
 # -- one system ---------------------------------------------------------------------
 
-def measure(system, duration, pings, router_args):
-    """Builds the testbed for `system`, measures, tears it down; returns the figures."""
+def measure(system, variant, duration, pings, router_args, label=None):
+    """Builds the testbed for `system` on `variant`'s hosts, measures, tears it
+    down; returns the figures. `label` names the run in progress lines."""
     try:
-        tb = testbed.Testbed(hosts=2, containers_per_host=1, overlay_mtu=CONTAINER_MTU[system],
-                             prefix=testbed.unique_prefix(PREFIX_BASE))
+        tb = build_testbed(variant, system)
     except Exception as e:
         raise BenchError(f"building the testbed: {type(e).__name__}: {e}") from e
     with tb:
         try:
-            return _measure_in(tb, system, duration, pings, router_args)
+            return _measure_in(tb, system, variant, duration, pings, router_args, label or system)
         except (OSError, subprocess.SubprocessError, RuntimeError, ValueError, KeyError) as e:
             raise BenchError(f"{type(e).__name__}: {e}{_router_logs(tb)}") from e
 
 
-def _measure_in(tb, system, duration, pings, router_args):
+def build_testbed(variant, system, prefix=None):
+    """Two hosts with a container each, built as `variant` says; the caller
+    closes it (`with`)."""
+    tb = testbed.Testbed(hosts=2, containers_per_host=1, underlay_mtu=variant.underlay_mtu,
+                         overlay_mtu=variant.container_mtu(system),
+                         prefix=prefix or testbed.unique_prefix(PREFIX_BASE))
+    try:
+        for host in tb.hosts:
+            if variant.ipv6_disabled:
+                tb.sysctl(host.netns, {"net.ipv6.conf.all.disable_ipv6": 1,
+                                       "net.ipv6.conf.default.disable_ipv6": 1})
+            if variant.veth_offloads_off:
+                for container in host.containers:
+                    for node, ifname in ((container, container.ifname), (host, f"v{container.name}")):
+                        tb.run(node, ["ethtool", "-K", ifname, "tx", "off", "tso", "off", "gso", "off",
+                                      "gro", "off"])
+            if variant.operator_tap and system.startswith("weavefast"):
+                tb.run(host, ["ip", "tuntap", "add", "dev", OPERATOR_TAP, "mode", "tap"])
+                tb.run(host, ["ip", "link", "set", OPERATOR_TAP, "mtu", str(variant.overlay_mtu),
+                              "master", host.bridge, "up"])
+    except BaseException:
+        tb.close()
+        raise
+    return tb
+
+
+def weavefast_args(variant, system):
+    """What `variant` and `system` add to the routers' command line."""
+    args = list(variant.router_args)
+    if variant.operator_tap:
+        args += ["--tap", OPERATOR_TAP]
+    if system == "weavefast-sealed":
+        args += ["--password", BENCH_SECRET]
+    return args
+
+
+def _measure_in(tb, system, variant, duration, pings, router_args, label):
     c1, c2 = tb.containers
-    figures = {"container_mtu": CONTAINER_MTU[system]}
+    figures = {"container_mtu": variant.container_mtu(system)}
     if system.startswith("weavefast"):
-        sealed = ["--password", BENCH_SECRET] if system == "weavefast-sealed" else []
         try:
-            tb.start_routers(extra_args=router_args + sealed)
+            tb.start_routers(extra_args=router_args + weavefast_args(variant, system))
         except (RuntimeError, TimeoutError) as e:  # the message holds the router's output
             raise BenchError(f"the routers did not start: {e}") from e
         status = tb.status(tb.hosts[0])
         figures["offloads"] = status["offloads"]
+        figures["degradations"] = status["degradations"]
         figures["cipher"] = status["peers"][0]["session"]["cipher"]
     elif system == "vxlan":
         add_vxlan(tb)
@@ -242,7 +351,7 @@ def _measure_in(tb, system, duration, pings, router_args):
     rtts = ping_rtts(tb, c1, c2.ip4, pings)
     figures["ping_avg_ms"] = sum(rtts) / len(rtts)
     figures["ping_p99_ms"] = percentile(rtts, 99)
-    print(f"{system}: ping avg {figures['ping_avg_ms']:.3f} ms, p99 {figures['ping_p99_ms']:.3f} ms",
+    print(f"{label}: ping avg {figures['ping_avg_ms']:.3f} ms, p99 {figures['ping_p99_ms']:.3f} ms",
           flush=True)
 
     routers = [host.router for host in tb.hosts if host.router]
@@ -255,18 +364,18 @@ def _measure_in(tb, system, duration, pings, router_args):
         gigabytes = tcp1["end"]["sum_received"]["bytes"] / 1e9
         figures["router_cpu_s"] = cpu_used
         figures["router_cpu_s_per_gb"] = cpu_used / gigabytes if gigabytes else None
-    print(f"{system}: TCP 1 stream {figures['tcp1_gbps']:.2f} Gbit/s", flush=True)
+    print(f"{label}: TCP 1 stream {figures['tcp1_gbps']:.2f} Gbit/s", flush=True)
 
     tcp4 = iperf(tb, c1, c2, duration, ["-P", "4"])
     figures["tcp4_gbps"] = tcp4["end"]["sum_received"]["bits_per_second"] / 1e9
-    print(f"{system}: TCP 4 streams {figures['tcp4_gbps']:.2f} Gbit/s", flush=True)
+    print(f"{label}: TCP 4 streams {figures['tcp4_gbps']:.2f} Gbit/s", flush=True)
 
     udp = iperf(tb, c1, c2, duration, ["-u", "-b", "0", "-l", str(UDP_PAYLOAD)])
     received = udp["end"]["sum_received"]
     sent = udp["end"]["sum_sent"]
     figures["udp64_rx_pps"] = (received["packets"] - received["lost_packets"]) / received["seconds"]
     figures["udp64_tx_pps"] = sent["packets"] / sent["seconds"]
-    print(f"{system}: UDP 64 B {figures['udp64_rx_pps'] / 1e3:.0f} kpps received "
+    print(f"{label}: UDP 64 B {figures['udp64_rx_pps'] / 1e3:.0f} kpps received "
           f"({figures['udp64_tx_pps'] / 1e3:.0f} kpps sent)", flush=True)
 
     if routers:
@@ -294,7 +403,7 @@ def add_vxlan(tb):
             underlay = ipr.link_lookup(ifname="ul0")[0]
             ipr.link("add", ifname=VXLAN_IFNAME, kind="vxlan", vxlan_id=VXLAN_VNI,
                      vxlan_port=VXLAN_PORT, vxlan_group=remote.underlay_ip,
-                     vxlan_local=host.underlay_ip, vxlan_link=underlay, mtu=CONTAINER_MTU["vxlan"])
+                     vxlan_local=host.underlay_ip, vxlan_link=underlay, mtu=tb.overlay_mtu)
             index = ipr.link_lookup(ifname=VXLAN_IFNAME)[0]
             ipr.link("set", index=index, master=ipr.link_lookup(ifname=host.bridge)[0], state="up")
 
@@ -397,7 +506,37 @@ def ratios_vs_vxlan(systems):
             for name, figures in systems.items()}
 
 
-def format_table(results):
+MATRIX_COLUMNS = (("tcp1_gbps", "TCP 1"), ("tcp4_gbps", "TCP 4"), ("udp64_rx_pps", "UDP 64 B"),
+                  ("ping_avg_ms", "ping avg"), ("ping_p99_ms", "ping p99"))
+
+
+def format_matrix(results):
+    """One row per variant and weavefast system: ratios to kernel VXLAN of the
+    same variant, the routers' CPU per GB, the offloads off."""
+    header = ["variant", "system", *(label for _, label in MATRIX_COLUMNS), "CPU s/GB", "offloads off"]
+    rows = [header]
+    for name, variant in results["variants"].items():
+        for system, figures in variant["systems"].items():
+            if not system.startswith("weavefast"):
+                continue
+            ratios = variant["ratios_vs_vxlan"].get(system, {})
+            cpu = figures.get("router_cpu_s_per_gb")
+            off = [k for k, on in figures.get("offloads", {}).items() if not on]
+            rows.append([name, system, *(f"{ratios[key]:.2f}x" if key in ratios else "-"
+                                         for key, _ in MATRIX_COLUMNS),
+                         "-" if cpu is None else f"{cpu:.2f}", ", ".join(off) or "none"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append(f"ratios of weavefast to kernel VXLAN measured in the same variant and run (higher is better "
+                 f"for TCP and UDP, lower for ping); iperf3 runs of {results['duration_s']:g} s, "
+                 f"{results['pings']} pings; {results['cpus']} CPUs, load average "
+                 f"{results['load_average_before'][0]:.2f} before, {results['load_average_after'][0]:.2f} after")
+    lines += [f"{label}: FAILED: {error.splitlines()[0]}" for label, error in results["errors"].items()]
+    return "\n".join(lines)
+
+
+def format_table(results, errors=True):
     systems = list(results["systems"])
     ratios = results["ratios_vs_vxlan"]
     header = ["", *systems]
@@ -420,7 +559,7 @@ def format_table(results):
     notes = [f"{ratio_note}; {medians_of}iperf3 runs of {results['duration_s']:g} s, "
              f"{results['pings']} pings 10 ms apart; {results['cpus']} CPUs, load average "
              f"{results['load_average_before'][0]:.2f} before, {results['load_average_after'][0]:.2f} after"]
-    for system, error in results["errors"].items():
+    for system, error in results["errors"].items() if errors else ():
         notes.append(f"{system}: FAILED: {error.splitlines()[0]}")
     return "\n".join(lines + notes)
 

@@ -1,8 +1,10 @@
 """The dataplane facade: everything above the Cython engine talks to this.
 
 `Dataplane.open()` creates the TAP (one queue per worker) and attaches it to
-the bridge, opens the UDP sockets, probes which offloads the kernel and the
-sockets accept, and builds the engine; `close()` removes what it created.
+the bridge, opens the UDP sockets, probes which offloads the kernel accepts
+on the router's own sockets and TAP queues (towards the address family the
+peers use), and builds the engine; `close()` removes what it created.
+`degradations()` says which offload is off or fell back, why and the fix.
 Netlink work goes through pyroute2 rather than parsing `ip` output.
 """
 from __future__ import annotations
@@ -13,9 +15,12 @@ import logging
 import os
 import socket
 import struct
+import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
+from pyroute2.ethtool import Ethtool
 
 from dataplane import _core
 from dataplane.errors import RouterError, require_root
@@ -44,6 +49,9 @@ UDP_SEGMENT = 103
 UDP_GRO = 104
 SOCKET_BUFFER = 7 * 1024 * 1024   # wireguard-go found ~7 MB the sweet spot
 DEFAULT_ROUTE_PROBE = "192.0.2.1"  # TEST-NET-1: a route lookup only, nothing is sent
+CLIMB_WINDOW = 60.0   # drop counters that rose within this many seconds make a degradation
+OFFLOAD_FLAG = {"tap_csum": "--no-tap-csum", "tap_tso": "--no-tap-tso", "tap_uso": "--no-tap-uso",
+                "udp_gso": "--no-udp-gso", "udp_gro": "--no-udp-gro"}
 
 
 @dataclass
@@ -72,6 +80,10 @@ class Dataplane:
         self.config = config
         self.engine: _core.Engine | None = None
         self.offloads: dict[str, bool] = {}
+        self.off_reasons: dict[str, tuple[str, str]] = {}   # offload -> (why it is off, the fix)
+        self.probe_notes: list[str] = []                     # probes that could not run
+        self.underlay_dev: str | None = None
+        self._climbing = {"socket_overflows": _Climbing(), "reassembly": _Climbing()}
         self.mtu = 0
         self.max_payload = 0
         self._taps: list[int] = []
@@ -89,8 +101,9 @@ class Dataplane:
         if not os.path.exists("/dev/net/tun"):
             raise RouterError("no /dev/net/tun: load the tun module (modprobe tun), or give the container --device /dev/net/tun")
         try:
-            self._open_sockets()
-            underlay = cfg.underlay_mtu or underlay_mtu(peer_hosts)
+            self.underlay_dev, mtu = underlay_device(peer_hosts)
+            self._open_sockets(peer_hosts)
+            underlay = cfg.underlay_mtu or mtu
             self._size(underlay, ipv6_underlay=any(":" in h for h in peer_hosts))
             self._open_taps()
             self._attach()
@@ -104,7 +117,7 @@ class Dataplane:
             self.close()
             raise
 
-    def _open_sockets(self) -> None:
+    def _open_sockets(self, peer_hosts) -> None:
         cfg = self.config
         for _ in range(cfg.workers):
             self._socks.append(self._bound_socket(cfg.port))
@@ -114,15 +127,48 @@ class Dataplane:
         # own, so that the peer's SO_REUSEPORT group spreads their flows over its
         # workers too (it hashes the source port).
         self._tx_socks = self._socks[:1] + [self._bound_socket(0) for _ in range(cfg.workers - 1)]
-        self.offloads["udp_gro"] = cfg.offloads.get("udp_gro", True) and all(
-            _try_setsockopt(s, SOL_UDP, UDP_GRO, 1) for s in self._socks)
-        self.offloads["udp_gso"] = cfg.offloads.get("udp_gso", True) and probe_udp_gso(self._socks[0])
+        ipv6_peers = any(":" in h for h in peer_hosts)
+        self._probe("udp_gro", lambda: _gro_refusal(self._socks))
+        self._probe("udp_gso", lambda: self._gso_refusal(ipv6_peers))
         for s in self._socks + self._tx_socks[1:]:
             _try_setsockopt(s, socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
             for opt, plain in ((getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF),
                                (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF)):
                 if not _try_setsockopt(s, socket.SOL_SOCKET, opt, SOCKET_BUFFER):
                     _try_setsockopt(s, socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+
+    def _probe(self, name: str, refusal) -> bool:
+        """Turns offload `name` on unless its flag turned it off or `refusal()`
+        (why the kernel refused it, and the fix) says no."""
+        if not self.config.offloads.get(name, True):
+            flag = OFFLOAD_FLAG[name]
+            self.off_reasons[name] = (f"turned off by {flag}", f"leave out {flag}")
+            self.offloads[name] = False
+        else:
+            why = refusal()
+            if why:
+                self.off_reasons[name] = why
+            self.offloads[name] = not why
+        return self.offloads[name]
+
+    def _gso_refusal(self, ipv6_peers: bool):
+        """A UDP GSO send from the router's own sending socket to a local sink of
+        the family the peers use (IPv4-mapped on a dual-stack socket)."""
+        sock = self._tx_socks[0]
+        try:
+            error = probe_udp_gso(sock, ipv6=ipv6_peers)
+        except OSError as e:
+            self.probe_notes.append(f"udp_gso could not be probed ({e.strerror}): left on; it turns "
+                                    "itself off at the first EIO, and `weavefast status` then says so")
+            return None
+        if error is not None:
+            return (f"a UDP GSO send from the router's socket failed ({os.strerror(error)})",
+                    "use Linux 4.18 or later")
+        if self.underlay_dev and not tx_checksumming(self.underlay_dev, ipv6_peers):
+            return (f"the underlay device {self.underlay_dev} has tx checksumming off, and the kernel "
+                    "refuses GSO sends through such a device (EIO)",
+                    f"ethtool -K {self.underlay_dev} tx on, then restart the router")
+        return None
 
     def _bound_socket(self, port: int) -> socket.socket:
         cfg = self.config
@@ -171,13 +217,21 @@ class Dataplane:
         wanted = {"tap_csum": _core.OFFLOAD_CSUM,
                   "tap_tso": _core.OFFLOAD_TSO4 | _core.OFFLOAD_TSO6 | _core.OFFLOAD_TSO_ECN,
                   "tap_uso": _core.OFFLOAD_USO4 | _core.OFFLOAD_USO6}
+        fixes = {"tap_csum": "use a kernel whose TAP driver takes TUN_F_CSUM",
+                 "tap_tso": "use a kernel whose TAP driver takes TUN_F_TSO4/6 (Linux 2.6.27 or later)",
+                 "tap_uso": "use Linux 6.2 or later (TUN_F_USO4/6): small UDP datagrams then cross "
+                            "the TAP as super-frames"}
         flags = 0
+
+        def refusal(name, bits):
+            if name != "tap_csum" and not self.offloads["tap_csum"]:
+                return "it needs tap_csum, which is off", "turn tap_csum on"
+            if not all(_try_offload(fd, flags | bits) for fd in self._taps):
+                return f"the kernel refused it on the router's TAP {cfg.tap_name}", fixes[name]
+            return None
+
         for name, bits in wanted.items():
-            on = cfg.offloads.get(name, True) and (name == "tap_csum" or self.offloads.get("tap_csum"))
-            if on:
-                on = all(_try_offload(fd, flags | bits) for fd in self._taps)
-            self.offloads[name] = bool(on)
-            if on:
+            if self._probe(name, lambda: refusal(name, bits)):
                 flags |= bits
         for fd in self._taps:
             _core.tap_set_offload(fd, flags)
@@ -293,6 +347,36 @@ class Dataplane:
             live["udp_gso"] = self.engine.udp_gso
         return live
 
+    def degradations(self, now: float | None = None) -> list[dict[str, str]]:
+        """What makes this router slower than it could be: [{"what", "why", "fix"}],
+        offloads off (from the start, or fallen back since) and drop counters
+        that rose within the last minute."""
+        found = [{"what": f"{name} off", "why": why, "fix": fix}
+                 for name, (why, fix) in self.off_reasons.items()]
+        if self.engine is None:
+            return found
+        if self.offloads.get("udp_gso") and not self.engine.udp_gso:
+            found.append({"what": "udp_gso off", "why": "fell back at run time: the underlay device "
+                          f"{self.underlay_dev or 'DEV'} refused a GSO send (EIO: no tx checksum offload)",
+                          "fix": f"ethtool -K {self.underlay_dev or 'DEV'} tx on, then restart the router"})
+        now = time.monotonic() if now is None else now
+        counters, drops = self.engine.counters(), self.engine.drops()
+        rose = self._climbing["socket_overflows"].rise(counters["socket_overflows"], now)
+        if rose:
+            found.append({"what": "socket overflows",
+                          "why": f"{rose} datagrams dropped by the kernel in the last minute: the "
+                                 "router's threads did not empty the socket in time",
+                          "fix": "give the router CPU time (less load on the host, or --workers N "
+                                 "on a host with cores to spare)"})
+        rose = self._climbing["reassembly"].rise(drops["reassembly"], now)
+        if rose:
+            found.append({"what": "reassembly drops",
+                          "why": f"{rose} super-frames lost in reassembly in the last minute: their "
+                                 "fragments were lost or reordered on the way",
+                          "fix": "find the loss on the underlay (socket overflows, NIC drops), or "
+                                 "--no-tap-tso to send frames unfragmented"})
+        return found
+
 
 def _try_setsockopt(sock: socket.socket, level: int, opt: int, value: int) -> bool:
     try:
@@ -334,21 +418,62 @@ def steer_by_sender_worker(sock: socket.socket, workers: int) -> None:
         log.warning("cannot steer datagrams to workers (%s): flows spread by address hash", e.strerror)
 
 
-def probe_udp_gso(sock: socket.socket) -> bool:
-    """Sends two 8-byte segments to a throwaway local socket in one GSO send."""
-    family = sock.family
-    with socket.socket(family, socket.SOCK_DGRAM) as sink, socket.socket(family, socket.SOCK_DGRAM) as src:
-        loop = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+class _Climbing:
+    """How much a running count rose within the last CLIMB_WINDOW seconds."""
+
+    def __init__(self):
+        self.samples = deque([(float("-inf"), 0)])   # counted from 0 until a window has passed
+
+    def rise(self, value: int, now: float) -> int:
+        while len(self.samples) > 1 and self.samples[1][0] <= now - CLIMB_WINDOW:
+            self.samples.popleft()
+        self.samples.append((now, value))
+        return value - self.samples[0][1]
+
+
+def probe_udp_gso(sock: socket.socket, ipv6: bool = False) -> int | None:
+    """Sends two 8-byte segments in one GSO send from `sock` (the router's own
+    socket) to a throwaway local socket of the family the peers use: loopback
+    IPv4 (IPv4-mapped from a dual-stack socket, which works where IPv6 is
+    disabled) or ::1. Returns None when the kernel took it, else the errno.
+    Raises OSError when the probe cannot run (no such local address)."""
+    family = socket.AF_INET6 if ipv6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sink:
+        sink.bind(("::1" if ipv6 else "127.0.0.1", 0))
+        host, port = sink.getsockname()[:2]
+        if sock.family == socket.AF_INET6 and not ipv6:
+            host = "::ffff:" + host
         try:
-            sink.bind((loop, 0))
-            src.sendmsg([b"\0" * 16], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", 8))], 0, sink.getsockname()[:2])
-            return True
-        except OSError:
-            return False
+            sock.sendmsg([b"\0" * 16], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", 8))], 0, (host, port))
+        except OSError as e:
+            return e.errno
+        return None
 
 
-def underlay_mtu(peer_hosts) -> int:
-    """MTU of the device that leads to the first peer (or of the default route)."""
+def tx_checksumming(ifname: str, ipv6: bool) -> bool:
+    """Whether device `ifname` checksums what it sends (true when it cannot be told)."""
+    try:
+        with Ethtool() as ethtool:
+            features = ethtool.get_features(ifname).features
+    except Exception:   # no such device any more, or no ethtool ioctl here
+        return True
+    names = ("tx-checksum-ip-generic", "tx-checksum-ipv6" if ipv6 else "tx-checksum-ipv4")
+    return any(features[name].enable for name in names if name in features)
+
+
+def _gro_refusal(socks):
+    for sock in socks:
+        try:
+            sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        except OSError as e:
+            return (f"the kernel refused UDP_GRO on the router's socket ({e.strerror})",
+                    "use Linux 5.0 or later")
+    return None
+
+
+def underlay_device(peer_hosts) -> tuple[str | None, int]:
+    """Name and MTU of the device that leads to the first peer (or of the
+    default route); (None, 1500) when there is none."""
     with IPRoute() as ipr:
         for host in list(peer_hosts) + [DEFAULT_ROUTE_PROBE]:
             try:
@@ -360,5 +485,5 @@ def underlay_mtu(peer_hosts) -> int:
                 if oif:
                     links = ipr.get_links(oif)
                     if links and links[0].get_attr("IFLA_IFNAME") != "lo":
-                        return links[0].get_attr("IFLA_MTU")
-    return 1500
+                        return links[0].get_attr("IFLA_IFNAME"), links[0].get_attr("IFLA_MTU")
+    return None, 1500

@@ -141,9 +141,20 @@ def config_from_args(args):
 
 
 async def sweep(dp) -> None:
+    """Ages MACs out, and says once when a degradation appears at run time."""
+    shown = {d["what"] for d in dp.degradations()}
     while True:
         await asyncio.sleep(FDB_SWEEP_INTERVAL)
         dp.fdb_expire()
+        now = dp.degradations()
+        for d in now:
+            if d["what"] not in shown:
+                print(f"weavefast router: {degradation_line(d)}", file=sys.stderr, flush=True)
+        shown = {d["what"] for d in now}
+
+
+def degradation_line(d) -> str:
+    return f"DEGRADED: {d['what']}: {d['why']}; fix: {d['fix']}"
 
 
 async def serve(dp, control_config: ControlConfig, status_addr: str, plugin=None) -> None:
@@ -163,7 +174,8 @@ async def serve(dp, control_config: ControlConfig, status_addr: str, plugin=None
         "uptime": round(time.time() - started, 1), "bridge": dp.config.bridge,
         "tap": dp.config.tap_name, "mtu": dp.mtu,
         "mac_table": {"size": dp.fdb_size(), "capacity": dp.config.fdb_capacity},
-        "workers": dp.worker_counters(), "plugin": plugin.status() if plugin else None})
+        "workers": dp.worker_counters(), "degradations": dp.degradations(),
+        "plugin": plugin.status() if plugin else None})
     try:
         await control.start()
     except OSError as e:
@@ -207,6 +219,10 @@ def run(args) -> int:
         print(f"weavefast router {args.name} (peer id {cfg.peer_id}) forwarding: TAP {cfg.tap_name} on bridge "
               f"{cfg.bridge}, UDP port {cfg.port}, MTU {dp.mtu}, offloads: {', '.join(on) or 'none'}",
               flush=True)
+        for note in dp.probe_notes:
+            print(f"weavefast router: {note}", file=sys.stderr, flush=True)
+        for d in dp.degradations():
+            print(f"weavefast router: {degradation_line(d)}", file=sys.stderr, flush=True)
         if control.password is None:
             print("weavefast router: WARNING: no network secret, so traffic is not encrypted and any host that "
                   "reaches this port can join; set the same --password or --key-file on every router",

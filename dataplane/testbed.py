@@ -8,8 +8,9 @@ A `Testbed` builds:
   host a veth to it;
 - in every host namespace a Linux bridge (default ``weavefast``) for the overlay;
 - one namespace per container (``<prefix>-c1``, ...) whose ``eth0`` is a veth to
-  the host's bridge, addressed 10.32.0.<n>/24 and fd00:32::<n>/64, MTU = overlay MTU
-  (default: underlay MTU minus the 86 bytes of encapsulation over IPv4).
+  the host's bridge, addressed 10.32.0.<n>/24 and fd00:32::<n>/64 (no IPv6 below an
+  overlay MTU of 1280: `ip6` is None), MTU = overlay MTU (default: underlay MTU minus the
+  86 bytes of encapsulation over IPv4).
 
 The overlay plumbing in a host (bridge, container ports, the router's TAP) gets no
 IPv6 link-local address, and containers send no router solicitations, so the only
@@ -64,6 +65,7 @@ BROADCAST4 = str(OVERLAY_NET4.broadcast_address)
 ENCAP_OVERHEAD = 86  # IPv4 + UDP + weavefast header + trailer + record header + inner Ethernet
 ROUTER_PORT = 6783
 STATUS_PORT = 6784
+IPV6_MIN_MTU = 1280
 IFA_F_NODAD = 0x02  # the address is usable at once, no duplicate-address detection wait
 
 _serial = itertools.count()
@@ -152,7 +154,7 @@ class Container:
     netns: str
     host: Host = dataclasses.field(repr=False)
     ip4: str
-    ip6: str
+    ip6: str | None
     mac: str
     ifname: str = "eth0"
 
@@ -280,8 +282,11 @@ class Testbed:
         with IPRoute(netns=ns) as ipr:
             index = ipr.link_lookup(ifname="eth0")[0]
             ipr.addr("add", index=index, address=ip4, prefixlen=OVERLAY_NET4.prefixlen)
-            ipr.addr("add", index=index, address=ip6, prefixlen=OVERLAY_NET6.prefixlen,
-                     flags=IFA_F_NODAD)
+            if self.overlay_mtu >= IPV6_MIN_MTU:
+                ipr.addr("add", index=index, address=ip6, prefixlen=OVERLAY_NET6.prefixlen,
+                         flags=IFA_F_NODAD)
+            else:
+                ip6 = None   # IPv6 needs a link MTU of 1280 at least
             mac = ipr.get_links(index)[0].get("address")
         container = Container(name=name, netns=ns, host=host, ip4=ip4, ip6=ip6, mac=mac)
         host.containers.append(container)

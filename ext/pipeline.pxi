@@ -22,6 +22,14 @@
 # Sending seals every datagram on its own (udp.pxi): counters are taken from
 # the next hop's key in order, then each datagram is sealed, then sent.
 #
+# Threads and wake-ups: the RX thread ("wf-rx<i>") serves both directions
+# while the load is light: it polls the socket and the TAP, so a small
+# packet's round trip wakes one thread per hop, and a reply that the TAP
+# write provoked leaves in the same wake-up. When its loop keeps finding work
+# (HELP_AFTER rounds in a row: bulk traffic), it wakes the TX thread
+# ("wf-tx<i>"), which then serves the TAP alone until the TAP has been idle
+# for HELP_IDLE_MS, hands it back and parks again.
+#
 # Shared state (forwarding table, peer table, control queue) sits behind one
 # mutex that a thread takes once per batch. Threads read peers from a private
 # view, copied again only when the table's generation changes. Counters are
@@ -40,6 +48,8 @@ cdef enum:
     REASM_SLOTS = 16
     GATHER_MAX = 256
     POLL_MS = 1000
+    HELP_AFTER = 4       # busy rounds in a row before the RX thread calls the TX thread
+    HELP_IDLE_MS = 2     # the TX thread hands the TAP back after this long without frames
 
 cdef enum:  # per-peer counters
     P_TX_FRAMES
@@ -138,6 +148,9 @@ cdef struct Worker:
     int tx_running
     int rx_running
     pthread_mutex_t tx_lock       # held by whichever thread runs a TX batch
+    int help_efd                  # wakes the parked TX thread to serve the TAP
+    int back_efd                  # tells the RX thread that the TAP is its own again
+    uint64_t helping              # 1 while the TX thread serves the TAP
     uint64_t tx_stats[N_STATS]
     uint64_t rx_stats[N_STATS]
     # TX
@@ -181,6 +194,10 @@ cdef struct Worker:
     unsigned nrx_control
     uint64_t rx_peer[MAX_PEERS][2]
     uint32_t socket_overflows     # the kernel's running count, last seen
+
+
+cdef extern from "<pthread.h>" nogil:
+    int pthread_setname_np(pthread_t t, const char *name)
 
 
 cdef inline uint32_t now_seconds() noexcept nogil:
@@ -386,19 +403,33 @@ cdef unsigned tx_batch(Worker *w) noexcept nogil:
 
 
 cdef void *tx_main(void *arg) noexcept nogil:
+    """Parked until the RX thread calls it for bulk traffic; then serves the TAP
+    until it has been idle for HELP_IDLE_MS."""
     cdef Worker *w = <Worker *>arg
-    cdef pollfd fds[2]
-    fds[0].fd = w.tap_fd
-    fds[0].events = POLLIN
-    fds[1].fd = w.sh.stop_efd
-    fds[1].events = POLLIN
+    cdef pollfd parked[2]
+    cdef pollfd serving[2]
+    cdef uint64_t value
+    parked[0].fd = w.help_efd
+    parked[0].events = POLLIN
+    serving[0].fd = w.tap_fd
+    serving[0].events = POLLIN
+    parked[1].fd = serving[1].fd = w.sh.stop_efd
+    parked[1].events = serving[1].events = POLLIN
     while not w.sh.stop:
-        if poll(fds, 2, POLL_MS) <= 0 or w.sh.stop:
+        if poll(parked, 2, POLL_MS) <= 0 or w.sh.stop:
             continue
-        pthread_mutex_lock(&w.tx_lock)
-        while tx_batch(w) == w.sh.batch and not w.sh.stop:
-            pass
-        pthread_mutex_unlock(&w.tx_lock)
+        read(w.help_efd, &value, sizeof(value))
+        wf_store_release(&w.helping, 1)
+        while not w.sh.stop:
+            pthread_mutex_lock(&w.tx_lock)
+            while tx_batch(w) == w.sh.batch and not w.sh.stop:
+                pass
+            pthread_mutex_unlock(&w.tx_lock)
+            if poll(serving, 2, HELP_IDLE_MS) <= 0:
+                break
+        wf_store_release(&w.helping, 0)
+        value = 1
+        write(w.back_efd, &value, sizeof(value))   # the RX thread polls the TAP again
     return NULL
 
 
@@ -777,24 +808,47 @@ cdef unsigned rx_batch(Worker *w) noexcept nogil:
     return n
 
 
+cdef inline unsigned rx_round(Worker *w) noexcept nogil:
+    """One round of the RX thread: the socket drained, then one TX batch.
+    Returns how many datagrams and frames it moved."""
+    cdef unsigned n = rx_batch(w), batch = w.sh.batch
+    while n == batch and not w.sh.stop:
+        n = rx_batch(w)
+    # A frame just written to the TAP often has its answer (an ARP or ICMP
+    # reply, a TCP ACK) queued on the TAP already: send it now, in this
+    # wake-up, unless the TX thread is at it.
+    if pthread_mutex_trylock(&w.tx_lock) == 0:
+        n += tx_batch(w)
+        pthread_mutex_unlock(&w.tx_lock)
+    return n
+
+
 cdef void *rx_main(void *arg) noexcept nogil:
     cdef Worker *w = <Worker *>arg
-    cdef pollfd fds[2]
+    cdef pollfd fds[4]
+    cdef unsigned busy, i
+    cdef uint64_t value
     fds[0].fd = w.udp_fd
-    fds[0].events = POLLIN
     fds[1].fd = w.sh.stop_efd
-    fds[1].events = POLLIN
+    fds[2].fd = w.back_efd
+    fds[3].fd = w.tap_fd
+    for i in range(4):
+        fds[i].events = POLLIN
     while not w.sh.stop:
-        if poll(fds, 2, POLL_MS) <= 0 or w.sh.stop:
+        # The TAP is ours to watch unless the TX thread serves it.
+        fds[3].fd = -1 if wf_load_acquire(&w.helping) else w.tap_fd
+        if poll(fds, 4, POLL_MS) <= 0 or w.sh.stop:
             continue
-        while rx_batch(w) == w.sh.batch and not w.sh.stop:
-            pass
-        # A frame just written to the TAP often has its answer (an ARP or ICMP
-        # reply, a TCP ACK) queued on the TAP already: send it now rather than
-        # pay for waking the TX thread, unless that thread is at work anyway.
-        if pthread_mutex_trylock(&w.tx_lock) == 0:
-            tx_batch(w)
-            pthread_mutex_unlock(&w.tx_lock)
+        if fds[2].revents:
+            read(w.back_efd, &value, sizeof(value))
+        busy = 0
+        while not w.sh.stop:
+            if not rx_round(w):
+                break
+            busy += 1
+            if busy == HELP_AFTER and not wf_load_acquire(&w.helping):
+                value = 1
+                write(w.help_efd, &value, sizeof(value))
     return NULL
 
 
@@ -891,13 +945,16 @@ cdef class Engine:
             raise MemoryError()
         w.sh = self.sh
         pthread_mutex_init(&w.tx_lock, NULL)
+        w.help_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
+        w.back_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
         w.tap_fd = tap_fd
         w.udp_fd = udp_fd
         w.tx_fd = tx_fd
         w.tx_msg = <uint32_t>self.nworkers << 24
         w.tx_out = out_alloc(self.nworkers)
         w.relay_out = out_alloc(self.nworkers)
-        if (arena_init(&w.tx_arena, batch) or arena_init(&w.rx_arena, batch)
+        if (w.help_efd < 0 or w.back_efd < 0
+                or arena_init(&w.tx_arena, batch) or arena_init(&w.rx_arena, batch)
                 or w.tx_out == NULL or w.relay_out == NULL
                 or wf_reasm_init(&w.reasm, REASM_SLOTS)):
             free_worker(w)
@@ -929,9 +986,11 @@ cdef class Engine:
             if pthread_create(&w.tx_thread, NULL, tx_main, w) != 0:
                 raise RuntimeError("cannot start a forwarding thread")
             w.tx_running = 1
+            pthread_setname_np(w.tx_thread, f"wf-tx{i}".encode())
             if pthread_create(&w.rx_thread, NULL, rx_main, w) != 0:
                 raise RuntimeError("cannot start a forwarding thread")
             w.rx_running = 1
+            pthread_setname_np(w.rx_thread, f"wf-rx{i}".encode())
 
     def stop(self):
         """Stops and joins the forwarding threads; the engine cannot be restarted."""
@@ -1258,4 +1317,8 @@ cdef void free_worker(Worker *w) noexcept nogil:
             wf_aead_clear(&w.opens[s][k])
     wf_reasm_free(&w.reasm)
     pthread_mutex_destroy(&w.tx_lock)
+    if w.help_efd >= 0:
+        close(w.help_efd)
+    if w.back_efd >= 0:
+        close(w.back_efd)
     free(w)

@@ -64,3 +64,9 @@ def test_bench_without_iperf3_says_how_to_install_it(tmp_path):
     result = weavefast_bench("--quick", env=dict(os.environ, PATH=str(tmp_path)), timeout=60)
     assert result.returncode != 0
     assert "apt-get install iperf3" in result.stderr
+
+
+def test_bench_matrix_names_its_variants_when_given_an_unknown_one():
+    result = weavefast_bench("--matrix", "default,no-such-variant", timeout=60)
+    assert result.returncode == 2
+    assert f"choose from {', '.join(bench.VARIANT_NAMES)}" in result.stderr

@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # systemd: systemd-analyze checks the shipped units in the tests; libssl-dev: the core links libcrypto
-packages=(iproute2 iputils-ping iperf3 tcpdump nftables procps busybox-static docker.io etcd-server systemd openssl make gcc libssl-dev)
+packages=(iproute2 iputils-ping iperf3 ethtool tcpdump nftables procps busybox-static docker.io etcd-server systemd openssl make gcc libssl-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

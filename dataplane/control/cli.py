@@ -152,6 +152,7 @@ def format_status(status, now=None):
         f"  offloads: {', '.join(offloads) or 'none'}",
         f"  mac table: {status['mac_table']['size']} entries",
     ]
+    lines += [f"  DEGRADED: {d['what']}: {d['why']}; fix: {d['fix']}" for d in status.get("degradations", ())]
     transfer = _transfer(status["counters"], "udp_")
     if transfer:
         lines.append(f"  transfer: {transfer}")

@@ -126,6 +126,11 @@ def metric_families(status):
     yield drops
     yield GaugeMetricFamily("weavefast_mac_table_entries", "learned MAC addresses",
                             value=status["mac_table"]["size"])
+    degraded = GaugeMetricFamily("weavefast_degraded", "1 for each thing that makes the router slower "
+                                 "than it could be: what, why, and the fix", labels=["what", "why", "fix"])
+    for d in status.get("degradations", ()):
+        degraded.add_metric([d["what"], d["why"], d["fix"]], 1)
+    yield degraded
     yield CounterMetricFamily("weavefast_bad_heartbeats",
                               "CONTROL datagrams that were not a heartbeat of a live session",
                               value=status["bad_heartbeats"])
