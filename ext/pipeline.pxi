@@ -77,14 +77,17 @@ cdef struct Peer:
     socklen_t addrlen
     uint8_t template[WF_HEADER_LEN]
     uint64_t stats[P_COUNT]
-    # Sending: the key the peer opens our datagrams with, and its counter.
+    # Sending: the key the peer opens our datagrams with, and the counters.
     uint16_t tx_key_id            # the peer's id for it; 0 = no session yet
     uint8_t tx_cipher
     uint32_t tx_gen
     uint8_t tx_key[WF_KEY_LEN]
-    uint64_t tx_counter
+    uint64_t tx_counter[MAX_WORKERS]   # one per lane, from lane << 56: lanes never share a nonce
     RxKey rx[RX_KEYS]
-    wf_replay replay[RX_KEYS]
+    # One window per key and sending lane: each lane's counters rise in order,
+    # whatever the sender's workers do to each other. Kept last, out of what
+    # reusing the slot clears: a window empties itself for a newer key.
+    wf_replay replay[RX_KEYS][MAX_WORKERS]
 
 
 cdef struct PeerView:
@@ -219,7 +222,7 @@ cdef void out_refresh(Shared *sh, Out *o) noexcept nogil:
             continue
         memcpy(&o.names[s], &p.addr, p.addrlen)
         o.namelens[s] = p.addrlen
-        o.counters[s] = &p.tx_counter
+        o.counters[s] = &p.tx_counter[o.lane]
         if o.seal[s].gen != p.tx_gen and wf_aead_set_key(&o.seal[s], p.tx_cipher, p.tx_key, p.tx_gen, 1):
             o.key_ids[s] = 0
 
@@ -670,23 +673,23 @@ cdef int rx_open(Worker *w, uint8_t *p, size_t n, wf_header *h) noexcept nogil:
     """Authenticates a datagram and opens it in place. Returns the peer slot of
     the key (the neighbour that sealed it), or -1 - the drop reason."""
     cdef unsigned slot = (h.key_id >> 2) & (MAX_PEERS - 1), k = h.key_id & 3
+    cdef wf_aead *a
     cdef wf_replay *r
-    cdef bint fresh
+    cdef int fresh
     if n < WF_HEADER_LEN + WF_TRAILER_LEN:
         return -1 - WF_DROP_SHORT
     if h.key_id == 0 or k >= RX_KEYS or slot >= w.rx_view.count or w.open_ids[slot][k] != h.key_id:
         return -1 - WF_DROP_UNKNOWN_KEY
-    r = &w.sh.peers[slot].replay[k]
-    wf_replay_lock(r)
-    fresh = wf_replay_fresh(r, h.counter)
-    wf_replay_unlock(r)
-    if not fresh:
-        return -1 - WF_DROP_REPLAYED
-    if wf_aead_open(&w.opens[slot][k], h.counter, p, WF_HEADER_LEN, p + WF_HEADER_LEN,
-                    n - WF_HEADER_LEN - WF_TRAILER_LEN):
+    a = &w.opens[slot][k]
+    r = &w.sh.peers[slot].replay[k][h.lane & (MAX_WORKERS - 1)]   # the lane is authenticated below
+    fresh = wf_replay_check(r, a.gen, h.counter)
+    if fresh <= 0:
+        return -1 - (WF_DROP_REPLAYED if fresh == 0 else WF_DROP_UNKNOWN_KEY)
+    if wf_aead_open(a, h.counter, p, WF_HEADER_LEN, p + WF_HEADER_LEN, n - WF_HEADER_LEN - WF_TRAILER_LEN):
         return -1 - WF_DROP_BAD_TAG
-    if not wf_replay_accept(r, h.key_id, h.counter):   # a copy opened by another thread meanwhile
-        return -1 - WF_DROP_REPLAYED
+    fresh = wf_replay_accept(r, a.gen, h.counter)   # 0: a copy another thread opened meanwhile
+    if fresh <= 0:
+        return -1 - (WF_DROP_REPLAYED if fresh == 0 else WF_DROP_UNKNOWN_KEY)
     return slot
 
 
@@ -1048,7 +1051,9 @@ cdef class Engine:
                 else:
                     raise OverflowError(f"at most {MAX_PEERS} peers")
                 p = &self.sh.peers[s]
-                OPENSSL_cleanse(p, sizeof(Peer))
+                OPENSSL_cleanse(p, <size_t>(<char *>p.replay - <char *>p))
+                for lane in range(MAX_WORKERS):
+                    p.tx_counter[lane] = <uint64_t>lane << 56
                 p.id = peer_id
                 p.used = p.up = 1
                 p.via = -1
@@ -1128,9 +1133,6 @@ cdef class Engine:
             rx[k].cipher = cipher
             rx[k].gen = self.sh.key_gen
             memcpy(rx[k].key, <const uint8_t *>key, len(key))
-            wf_replay_lock(&self.sh.peers[s].replay[k])
-            wf_replay_reset(&self.sh.peers[s].replay[k], key_id)
-            wf_replay_unlock(&self.sh.peers[s].replay[k])
             self._changed()
             return key_id
         finally:
@@ -1151,11 +1153,7 @@ cdef class Engine:
             pthread_mutex_unlock(&self.sh.lock)
 
     cdef void _drop_rx_key(self, unsigned s, unsigned k):
-        cdef RxKey *rk = &self.sh.peers[s].rx[k]
-        wf_replay_lock(&self.sh.peers[s].replay[k])
-        self.sh.peers[s].replay[k].key_id = 0
-        wf_replay_unlock(&self.sh.peers[s].replay[k])
-        OPENSSL_cleanse(rk, sizeof(RxKey))
+        OPENSSL_cleanse(&self.sh.peers[s].rx[k], sizeof(RxKey))
 
     def set_tx_key(self, uint32_t peer_id, int key_id, int cipher, bytes key):
         """Seals everything sent to the peer with `key` from now on, under the
@@ -1223,7 +1221,9 @@ cdef class Engine:
                 result[self.sh.peers[s].id] = {
                     name: wf_load(&self.sh.peers[s].stats[k])
                     for k, name in enumerate(PEER_COUNTER_NAMES)}
-                result[self.sh.peers[s].id]["tx_counter"] = wf_load(&self.sh.peers[s].tx_counter)
+                result[self.sh.peers[s].id]["tx_datagrams_sealed"] = sum(
+                    wf_load(&self.sh.peers[s].tx_counter[lane]) - (<uint64_t>lane << 56)
+                    for lane in range(MAX_WORKERS))
         pthread_mutex_unlock(&self.sh.lock)
         return result
 

@@ -208,7 +208,7 @@ cdef class ReplayWindow:
 
     def update(self, uint64_t counter):
         """Marks the counter seen (after its tag verified); False: a replay."""
-        return bool(wf_replay_accept(&self.r, 1, counter))
+        return wf_replay_accept(&self.r, 1, counter) == 1
 
     @property
     def top(self):

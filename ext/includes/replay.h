@@ -3,8 +3,9 @@
  *
  * Check before opening a datagram (cheap rejection), update only after its
  * tag verified, so a forged counter can never move the window. Several
- * receive threads may open datagrams of one key, so update takes a small
- * spin lock; `key_id` ties the window to the key it was reset for.
+ * receive threads may open datagrams of one key, so both take a small spin
+ * lock. `gen` is the install number of the key the window belongs to: a
+ * datagram of a newer key empties it first, one of an older key is refused.
  */
 #ifndef WF_REPLAY_H
 #define WF_REPLAY_H
@@ -17,15 +18,15 @@
 
 typedef struct {
     unsigned char lock;
-    uint16_t key_id;
+    uint32_t gen;
     uint64_t top;       /* highest counter accepted */
     uint64_t blocks[WF_REPLAY_BLOCKS];
 } wf_replay;
 
-static inline void wf_replay_reset(wf_replay *r, uint16_t key_id) {
+static inline void wf_replay_reset(wf_replay *r, uint32_t gen) {
     memset(r->blocks, 0, sizeof(r->blocks));
     r->top = 0;
-    r->key_id = key_id;
+    r->gen = gen;
 }
 
 /* 1: the counter has not been seen and is not too old. */
@@ -58,11 +59,24 @@ static inline void wf_replay_lock(wf_replay *r) {
 }
 static inline void wf_replay_unlock(wf_replay *r) { __atomic_clear(&r->lock, __ATOMIC_RELEASE); }
 
-/* The receive path: 1 when the counter is fresh for this key and is now marked. */
-static inline int wf_replay_accept(wf_replay *r, uint16_t key_id, uint64_t c) {
+/* The receive path, before opening: 1 fresh, 0 replayed, -1 the key was replaced. */
+static inline int wf_replay_check(wf_replay *r, uint32_t gen, uint64_t c) {
     int ok;
     wf_replay_lock(r);
-    ok = r->key_id == key_id && wf_replay_update(r, c);
+    ok = r->gen > gen ? -1 : r->gen < gen ? 1 : wf_replay_fresh(r, c);
+    wf_replay_unlock(r);
+    return ok;
+}
+
+/* After the tag verified: 1 when the counter is now marked, 0 for a replay (a
+ * copy another thread opened meanwhile), -1 when the key was replaced. */
+static inline int wf_replay_accept(wf_replay *r, uint32_t gen, uint64_t c) {
+    int ok = -1;
+    wf_replay_lock(r);
+    if (r->gen <= gen) {
+        if (r->gen < gen) wf_replay_reset(r, gen);
+        ok = wf_replay_update(r, c);
+    }
     wf_replay_unlock(r);
     return ok;
 }

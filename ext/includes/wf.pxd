@@ -61,14 +61,12 @@ cdef extern from "replay.h" nogil:
     enum:
         WF_REPLAY_WINDOW
     ctypedef struct wf_replay:
-        uint16_t key_id
+        uint32_t gen
         uint64_t top
-    void wf_replay_reset(wf_replay *r, uint16_t key_id)
+    void wf_replay_reset(wf_replay *r, uint32_t gen)
     int wf_replay_fresh(const wf_replay *r, uint64_t c)
-    int wf_replay_update(wf_replay *r, uint64_t c)
-    int wf_replay_accept(wf_replay *r, uint16_t key_id, uint64_t c)
-    void wf_replay_lock(wf_replay *r)
-    void wf_replay_unlock(wf_replay *r)
+    int wf_replay_check(wf_replay *r, uint32_t gen, uint64_t c)
+    int wf_replay_accept(wf_replay *r, uint32_t gen, uint64_t c)
 
 cdef extern from "fdb.h" nogil:
     enum:
