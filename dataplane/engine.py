@@ -361,20 +361,21 @@ class Dataplane:
                           "fix": f"ethtool -K {self.underlay_dev or 'DEV'} tx on, then restart the router"})
         now = time.monotonic() if now is None else now
         counters, drops = self.engine.counters(), self.engine.drops()
-        rose = self._climbing["socket_overflows"].rise(counters["socket_overflows"], now)
-        if rose:
-            found.append({"what": "socket overflows",
-                          "why": f"{rose} datagrams dropped by the kernel in the last minute: the "
-                                 "router's threads did not empty the socket in time",
-                          "fix": "give the router CPU time (less load on the host, or --workers N "
-                                 "on a host with cores to spare)"})
-        rose = self._climbing["reassembly"].rise(drops["reassembly"], now)
-        if rose:
-            found.append({"what": "reassembly drops",
-                          "why": f"{rose} super-frames lost in reassembly in the last minute: their "
-                                 "fragments were lost or reordered on the way",
-                          "fix": "find the loss on the underlay (socket overflows, NIC drops), or "
-                                 "--no-tap-tso to send frames unfragmented"})
+        climbing = (
+            ("socket_overflows", counters, "socket overflows",
+             "{} datagrams dropped by the kernel in the last minute: the router's threads did not "
+             "empty the socket in time",
+             "give the router CPU time (less load on the host, or --workers N on a host with cores "
+             "to spare)"),
+            ("reassembly", drops, "reassembly drops",
+             "{} super-frames lost in reassembly in the last minute: their fragments were lost or "
+             "reordered on the way",
+             "find the loss on the underlay (socket overflows, NIC drops), or --no-tap-tso to send "
+             "frames unfragmented"))
+        for key, source, what, why, fix in climbing:
+            rose = self._climbing[key].rise(source[key], now)
+            if rose:
+                found.append({"what": what, "why": why.format(rose), "fix": fix})
         return found
 
 

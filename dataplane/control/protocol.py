@@ -71,6 +71,7 @@ counts came from that peer, once. A pong echoes the ping's seq and timestamp;
 the difference to the local clock is the round-trip time.
 """
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -187,6 +188,7 @@ def format_versions(versions):
     return str(low) if low == high else f"{low}-{high}"
 
 
+@functools.cache  # read once per process, not per handshake
 def has_aes_instructions() -> bool:
     """Whether this CPU encrypts AES in hardware (x86 "aes", arm64 "aes" feature)."""
     try:
