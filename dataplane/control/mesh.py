@@ -693,20 +693,30 @@ class ControlPlane:
                 self.announced[pid] = {"name": name, "version": version, "data": data}
                 self._schedule_gossip()
         for pid, name, host, port in peers:
-            address = (host, port)
-            if (pid == self.me.peer_id or self._by_id(pid) or self._by_address(address)
-                    or self._is_forgotten(pid, address)):
-                continue
-            if len(self.peers) >= self.config.max_peers:
-                self.refused["peer_table_full"] += 1
-                continue
-            peer = self._add_target(address, pid, name)
-            self._ensure_in_dataplane(peer, *address)
-            log.info("learned about %s (peer id %d) at %s", peer.name, pid, format_address(address))
-            changed = True
+            changed = self._learn(pid, name, (host, port), "gossip") or changed
         if changed:
             self._recompute_routes()
             self._schedule_gossip()
+            self._dial_due()
+
+    def _learn(self, pid, name, address, source):
+        """Adds a router heard of (from gossip or the cluster store); whether it was new."""
+        if (pid == self.me.peer_id or self._by_id(pid) or self._by_address(address)
+                or self._is_forgotten(pid, address)):
+            return False
+        if len(self.peers) >= self.config.max_peers:
+            self.refused["peer_table_full"] += 1
+            return False
+        peer = self._add_target(address, pid, name)
+        self._ensure_in_dataplane(peer, *address)
+        log.info("learned about %s (peer id %d) at %s from %s", peer.name, pid,
+                 format_address(address), source)
+        return True
+
+    def learn_peer(self, peer_id, name, host, port, source="the cluster store"):
+        """Tells the mesh of a router found elsewhere (the cluster store); loop thread only."""
+        if self._learn(peer_id, name, (host, port), source):
+            self._recompute_routes()
             self._dial_due()
 
     # What other subsystems announce through the mesh (thread-safe).
