@@ -196,12 +196,12 @@ def test_wrong_secret_and_version_mismatch_are_refused_with_clear_messages(mesh)
             me = protocol.Identity("future", 99, 6783, "00" * 8)
             with pytest.raises(protocol.HandshakeError) as refused:
                 await protocol.handshake(protocol.Channel(reader, writer), me, SECRET.encode(), True,
-                                         versions=(3, 4))
+                                         versions=(4, 5))
             return refused.value.reason
         finally:
             writer.close()
 
     reason = asyncio.run(newer_router())
-    assert reason == f"protocol version mismatch: future speaks version 3-4, {h1.netns} (peer id 1) speaks version 2"
-    mesh.wait_for(lambda: (f"protocol version mismatch: {h1.netns} speaks version 2, future (peer id 99) "
-                           "speaks version 3-4") in h1.router.output(), timeout=5, what="h1 logs the mismatch")
+    assert reason == f"protocol version mismatch: future speaks version 4-5, {h1.netns} (peer id 1) speaks version 2-3"
+    mesh.wait_for(lambda: (f"protocol version mismatch: {h1.netns} speaks version 2-3, future (peer id 99) "
+                           "speaks version 4-5") in h1.router.output(), timeout=5, what="h1 logs the mismatch")

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import re
 import socket
 import time
@@ -25,6 +26,7 @@ from dataplane import reference
 from dataplane.engine import CIPHERS
 from dataplane.control import ControlConfig, ControlPlane, cli, messages, protocol
 from dataplane.control.errors import ProtocolError
+from dataplane.control.liveness import probe_target
 from dataplane.control.mesh import ESTABLISHED, FAILED, backoff_delay
 from dataplane.control.routing import next_hops
 from dataplane.control.status import StatusServer
@@ -203,6 +205,34 @@ def test_version_negotiation_picks_the_highest_common_version():
     assert protocol.negotiate_version((1, 1), (2, 3)) is None
 
 
+@pytest.mark.parametrize("n", [2, 3, 5, 64])
+def test_each_round_every_member_is_probed_by_exactly_one_other(n):
+    members = sorted(random.sample(range(1, 2**32), n))
+    for round_number in range(2 * n):
+        targets = [probe_target(members, me, round_number) for me in members]
+        assert sorted(targets) == members
+        assert all(t != me for t, me in zip(targets, members))
+    # over n - 1 rounds a router probes every other member once
+    me = members[0]
+    assert sorted(probe_target(members, me, k) for k in range(n - 1)) == members[1:]
+    assert probe_target([me], me, 7) is None
+
+
+def test_sync_digests_are_checked():
+    digest = {"type": "sync", "links": [[7, 12]], "announced": [[7, 3], [9, 0]], "known": [7, 9]}
+    assert messages.check_sync(digest) == ({7: 12}, {7: 3, 9: 0}, {7, 9})
+    for bad, error in [({"known": [0]}, "sync: known must be peer ids"),
+                       ({"links": [[7]]}, "sync: links must be [peer id, version] pairs"),
+                       ({"links": [[7, -1]]}, "sync: links must be [peer id, version] pairs"),
+                       ({"announced": [[7, 1]] * 1025}, "sync: announced must be a list of at most 1024"),
+                       ({"known": "7"}, "sync: known must be a list")]:
+        with pytest.raises(ProtocolError, match=re.escape(error)):
+            messages.check_sync({**digest, **bad})
+    assert messages.check_suspect({"type": "suspect", "peer_id": 5}) == 5
+    with pytest.raises(ProtocolError, match="suspect"):
+        messages.check_suspect({"type": "suspect", "peer_id": "5"})
+
+
 def test_heartbeats_decode_and_anything_else_is_refused():
     ping = protocol.encode_heartbeat(protocol.PING, 7, 12.5)
     assert protocol.decode_heartbeat(ping) == (protocol.PING, 7, 12.5)
@@ -211,8 +241,11 @@ def test_heartbeats_decode_and_anything_else_is_refused():
     assert protocol.decode_heartbeat(ping[:4] + b"\x09" + ping[5:]) is None
 
 
-def test_backoff_doubles_up_to_the_cap():
-    assert [backoff_delay(n, 0.5, 4) for n in range(1, 7)] == [0.5, 1, 2, 4, 4, 4]
+def test_backoff_doubles_up_to_the_cap_with_jitter_below_it():
+    for _ in range(20):
+        delays = [backoff_delay(n, 0.5, 4) for n in range(1, 7)]
+        assert all(0.75 * full <= d <= full for d, full in zip(delays, [0.5, 1, 2, 4, 4, 4]))
+    assert len({backoff_delay(6, 0.5, 4) for _ in range(10)}) > 1  # routers do not redial in step
 
 
 # Routing.
@@ -241,12 +274,31 @@ def test_joining_through_one_peer_meets_the_whole_mesh():
             nodes = {"a": a, "b": b, "c": c, "d": d}
             await until(lambda: all(n.state(o) == ESTABLISHED for m, n in nodes.items()
                                     for o in nodes if o != m), "full mesh of 4")
-            status = b.cp.status()
-            assert {r["name"]: r["via"] for r in status["routes"]} == {"a": 1, "c": 3, "d": 4}
+            await until(lambda: {r["name"]: r["via"] for r in b.cp.status()["routes"]}
+                        == {"a": 1, "c": 3, "d": 4}, "b's routes direct to everyone")
             assert all(p["up"] and p["via"] is None for p in b.dp.peers.values())
             assert b.peer("c")["endpoint"] == f"127.0.0.1:{c.dp.port}"
             # One control connection per pair even though both ends dialled.
             assert all(len([p for p in n.cp.peers if p.conn]) == 3 for n in nodes.values())
+    run(scenario())
+
+
+def test_idle_mesh_sends_deltas_only_and_a_digest_exchange_repairs_what_was_missed():
+    async def scenario():
+        a, b, c = Node("a", 1), Node("b", 2), Node("c", 3)
+        b.cp.config.peers = c.cp.config.peers = [f"127.0.0.1:{a.cp.config.port}"]
+        async with running(a, b, c):
+            nodes = {"a": a, "b": b, "c": c}
+            await until(lambda: all(n.state(o) == ESTABLISHED for m, n in nodes.items()
+                                    for o in nodes if o != m), "full mesh of 3")
+            a.cp.announce("ipam", {"10.32.0.0/12": [{"range": "10.32.1.0/24", "since": 1.5}]})
+            await until(lambda: "ipam" in c.cp.announced[1]["data"], "a's announcement at c")
+            connection = c.cp._by_id(1).conn
+            del c.cp.announced[1]  # as if c had missed it
+            c.cp._next_sync = 0  # the next round asks a random peer for a digest exchange
+            await until(lambda: "ipam" in c.cp.announced.get(1, {}).get("data", {}),
+                        "c got it back from a digest exchange")
+            assert c.cp._by_id(1).conn is connection and c.state("a") == ESTABLISHED
     run(scenario())
 
 
@@ -343,14 +395,14 @@ def test_a_secret_on_one_side_only_is_refused(caplog):
 def test_version_mismatch_names_both_ranges(caplog):
     async def scenario():
         a = Node("a", 1)
-        b = Node("b", 2, [a], versions=(3, 4))
+        b = Node("b", 2, [a], versions=(4, 5))
         async with running(a, b):
             await until(lambda: b.cp.peers[0].last_error, "b tried a")
             assert b.cp.peers[0].state == FAILED
             assert b.cp.peers[0].last_error == ("refused: protocol version mismatch: b speaks "
-                                                "version 3-4, a (peer id 1) speaks version 2")
-            await until(lambda: "refused: protocol version mismatch: a speaks version 2, "
-                        "b (peer id 2) speaks version 3-4" in caplog.text, "a logged why")
+                                                "version 4-5, a (peer id 1) speaks version 2-3")
+            await until(lambda: "refused: protocol version mismatch: a speaks version 2-3, "
+                        "b (peer id 2) speaks version 4-5" in caplog.text, "a logged why")
     with caplog.at_level(logging.WARNING, logger="weavefast.control"):
         run(scenario())
 
@@ -364,7 +416,7 @@ def test_the_same_secret_establishes_and_a_silent_peer_is_declared_down_then_hea
             assert a.peer("b")["rtt_ms"] is not None
             b.dp.silent = True  # the data path dies, TCP still answers
             await until(lambda: a.state("b") != ESTABLISHED, "b declared down")
-            assert "no data-path heartbeat for 1 s" in a.peer("b")["last_error"]
+            assert "no answer to data-path probes, silent for" in a.peer("b")["last_error"]
             assert a.dp.peers[2]["up"] is False
             b.dp.silent = False
             await until(lambda: a.state("b") == ESTABLISHED and b.state("a") == ESTABLISHED,

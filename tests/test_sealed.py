@@ -293,7 +293,7 @@ def test_a_version_1_router_is_told_the_versions(tb):
         messages.append(json.loads(replies[4:4 + n]))
         replies = replies[4 + n:]
     assert messages[-1]["type"] == "error"
-    assert messages[-1]["reason"] == (f"protocol version mismatch: {h1.netns} speaks version 2, "
+    assert messages[-1]["reason"] == (f"protocol version mismatch: {h1.netns} speaks version 2-3, "
                                       "old (peer id 4242) speaks version 1")
 
 

@@ -11,6 +11,8 @@ are what the status API exposes.
 import asyncio
 import logging
 import os
+import random
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -19,13 +21,22 @@ from typing import Sequence
 from dataplane.addresses import format_address, parse_hostport
 from dataplane.control import messages, protocol
 from dataplane.control.admission import ACCEPT_BURST, Admission, QuietLog
+from dataplane.control.liveness import Timings, probe_target
 from dataplane.control.routing import next_hops
 
 log = logging.getLogger("weavefast.control")
 
 CONNECTING, ESTABLISHED, FAILED, RETRYING = "connecting", "established", "failed", "retrying"
 MAX_PEERS_PER_ADDRESS = 4  # routers one IP address may bring in (several ports on one host)
-MAX_LINK_STATES = 1024
+MAX_LINK_STATES = messages.MAX_DIGEST
+GOSSIP_BATCH = 0.2  # seconds of changes one gossip message carries
+SYNC_INTERVAL = 30.0  # between digest exchanges with one random peer (anti-entropy)
+FIRST_SYNC = 3.0  # the first one, after start
+ROUTE_HOLD = 0.1  # least seconds between route computations
+DIAL_GRACE = 5.0  # a learned router with a lower peer id dials us; we dial it only after this
+HANDSHAKE_TIMEOUT = 10.0  # generous: 64 routers starting on one machine share its cores
+CONNECT_TIMEOUT = 5.0
+TCP_USER_TIMEOUT_MS = 30_000  # unacknowledged control data this long closes the connection
 REFUSALS = {  # counter name -> what the log says
     "connection_rate": f"more than {ACCEPT_BURST} new connections in a burst from it",
     "unauthenticated_connections": "too many connections still in their handshake",
@@ -54,10 +65,6 @@ class ControlConfig:
     max_peers: int = 250  # the dataplane holds 256
 
     @property
-    def heartbeat_interval(self):
-        return self.down_after / 6
-
-    @property
     def forget_unestablished_after(self):
         """A peer learned from gossip or a connection that never got established
         this long is dropped from the table: fake identities cannot pile up."""
@@ -65,8 +72,9 @@ class ControlConfig:
 
 
 def backoff_delay(failures: int, initial: float, cap: float) -> float:
-    """Delay before the next attempt after `failures` consecutive failures."""
-    return min(cap, initial * 2 ** max(0, failures - 1))
+    """Delay before the next attempt after `failures` consecutive failures, with
+    jitter so that routers which lost a peer together do not redial it together."""
+    return min(cap, initial * 2 ** max(0, failures - 1)) * random.uniform(0.75, 1.0)
 
 
 def describe(exc: BaseException) -> str:
@@ -105,6 +113,11 @@ class Connection:
         self.rekey = None  # (epoch, Ephemeral) of a rekey this side started
         self.rekeys = 0
 
+    @property
+    def legacy(self):
+        """A version-2 peer: heartbeats on the connection, a ping every round, full gossip."""
+        return self.version < 3
+
     def send(self, message):
         self.channel.send(message)
 
@@ -128,7 +141,10 @@ class Peer:
         self.dialing = False
         self.failures = 0
         self.next_attempt = 0.0
-        self.heartbeat_seen = None  # monotonic time of the last data-path pong
+        self.dial_after = 0.0  # learned routers with a lower peer id dial us first
+        self.last_heard = None  # monotonic time of its last authentic datagram to us
+        self.probe_sent_at = self.probe_rx = None  # this round's probe, its rx_frames then
+        self.suspect_since = self.report_at = self.suspect_deadline = self.reported_by = None
         self.highest_ping = -1
         self.rtt = None
         self.in_dataplane = False
@@ -150,11 +166,19 @@ class ControlPlane:
         self.link_version = time.time_ns()  # grows across restarts, so peers take the new state
         self.routes = {}  # peer_id -> (next hop, hop count)
         self._pushed = {}  # peer_id -> (up, via) last given to the dataplane
+        self.timings = Timings(config.down_after)
         self.bad_heartbeats = 0
+        self.suspicions = self.suspects_reported = 0
         self._ping_seq = 0
         self._tasks = set()
         self._writers = set()
-        self._gossip_pending = False
+        self._outbox = {}  # gossip entry -> peer id it came from (None: ours)
+        self._push_pending = self._routes_pending = False
+        self._routes_at = 0.0
+        self._next_sync = time.monotonic() + FIRST_SYNC
+        # Rounds start at a fixed offset per router, so the mesh's probes do not all go at once.
+        self._round_phase = config.peer_id % 1000 / 1000 * self.timings.probe_interval
+        self._wake = asyncio.Event()
         # Data other subsystems announce through gossip (the Docker plugin's address ranges
         # and names): peer_id -> {"name", "version", "data": {key: value}}, ours included.
         self.announced = {config.peer_id: {"name": config.name, "version": time.time_ns(),
@@ -282,7 +306,7 @@ class ControlPlane:
         host, port = peer.address
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port),
-                                                    self.config.down_after)
+                                                    max(self.config.down_after, CONNECT_TIMEOUT))
         except (OSError, TimeoutError) as exc:
             peer.dialing = False
             self._failed(peer, f"cannot connect to {format_address(peer.address)}: {describe(exc)}")
@@ -291,6 +315,9 @@ class ControlPlane:
 
     async def _serve(self, reader, writer, outbound, dialed=None, admitted=None):
         self._writers.add(writer)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:  # no keepalives: idle connections stay silent; rekeys find dead ones
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)
         remote_host = unmapped(writer.get_extra_info("peername")[0])
         remote = format_address(writer.get_extra_info("peername")[:2])
         channel = protocol.Channel(reader, writer)
@@ -301,7 +328,7 @@ class ControlPlane:
                     channel, self.me, self.config.password, outbound,
                     accept=lambda identity: self._accept_identity(identity, remote_host, joining),
                     versions=self.config.versions, ciphers=self.config.ciphers),
-                    min(self.config.down_after, 5.0))
+                    max(self.config.down_after, HANDSHAKE_TIMEOUT))
             except protocol.HandshakeError as exc:
                 if exc.itself:  # e.g. the same --peer list on every host
                     if dialed in self.peers:
@@ -431,7 +458,8 @@ class ControlPlane:
         if not same_router:
             was_established = peer.state == ESTABLISHED
             peer.endpoint = (conn.remote_host, identity.port)
-            peer.heartbeat_seen = peer.rtt = peer.udp_address = None
+            peer.last_heard = peer.rtt = peer.udp_address = None
+            peer.probe_sent_at = peer.suspect_since = None
             self._ensure_in_dataplane(peer, *peer.endpoint)
             self._set_state(peer, CONNECTING)
             log.info("control connection with %s (peer id %d) at %s, protocol version %d",
@@ -439,7 +467,7 @@ class ControlPlane:
             if was_established:  # it restarted
                 self._links_changed()
         self._offer_key(peer, conn, 0, conn.keys[0])
-        conn.send(self._gossip_message())
+        self._greet(conn)
         return peer
 
     # Session keys.
@@ -524,7 +552,11 @@ class ControlPlane:
     def _handle(self, peer, conn, message):
         kind = message["type"]
         if kind == "gossip":
-            self._merge_gossip(*messages.check_gossip(message))
+            self._merge_gossip(peer, *messages.check_gossip(message))
+        elif kind == "sync":
+            self._on_sync(peer, conn, *messages.check_sync(message))
+        elif kind == "suspect":
+            self._on_suspect_report(peer, messages.check_suspect(message))
         elif kind == "session":
             self._switch_key(peer, conn, *messages.check_session(message))
         elif kind == "rekey":
@@ -533,20 +565,36 @@ class ControlPlane:
             self._on_rekey_ack(peer, conn, *messages.check_rekey(message, with_key_id=True))
         elif kind == "error":
             raise protocol.HandshakeError(messages.reason(message), by_peer=True)
-        # "heartbeat" only refreshes conn.last_rx; unknown types come from newer versions
+        # "heartbeat" (from version 2) only refreshes conn.last_rx; unknown types come from newer versions
 
-    # Liveness.
+    # Liveness (see liveness.py): one probe a round from a shared rotation,
+    # fast pings only to suspect and new peers. Version-2 peers get what they
+    # expect instead: a heartbeat on the control connection and a ping every round.
 
     async def _ticker(self):
+        timings = self.timings
+        next_round = 0.0
         while True:
+            now = time.monotonic()
             try:
-                self._tick(time.monotonic())
+                if now >= next_round:
+                    wall = time.time() - self._round_phase
+                    next_round = now + timings.probe_interval - wall % timings.probe_interval
+                    self._round(now, round(wall / timings.probe_interval))
+                fast = self._fast_round(now)
             except Exception:  # liveness must outlive a bug in one peer's bookkeeping
-                log.exception("heartbeat round failed")
-            await asyncio.sleep(self.config.heartbeat_interval)
+                log.exception("liveness round failed")
+                fast = False
+            self._wake.clear()
+            wait = timings.fast_interval if fast else next_round - time.monotonic()
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(0.0, wait))
+            except TimeoutError:
+                pass
 
-    def _tick(self, now):
+    def _round(self, now, round_number):
         down = self.config.down_after
+        rx = None
         for peer in list(self.peers):
             if (not peer.configured and not peer.established_once
                     and now - peer.created > self.config.forget_unestablished_after):
@@ -556,15 +604,110 @@ class ControlPlane:
             conn = peer.conn
             if not conn:
                 continue
-            if now - conn.last_rx > down:
-                self._drop(peer, f"no heartbeat on the control connection for {down:g} s")
-            elif now - (peer.heartbeat_seen or conn.opened) > down:
-                self._drop(peer, f"no data-path heartbeat for {down:g} s" if peer.heartbeat_seen else
-                           f"no answer to data-path heartbeats in {down:g} s (UDP blocked?)")
-            else:
-                conn.send({"type": "heartbeat"})
-                self._send_ping(peer)
+            if conn.legacy:
+                if now - conn.last_rx > down:
+                    self._drop(peer, f"no heartbeat on the control connection for {down:g} s")
+                elif now - (peer.last_heard or conn.opened) > down:
+                    self._drop(peer, self._silence(peer, now))
+                else:
+                    conn.send({"type": "heartbeat"})
+                    self._send_ping(peer)
+            elif (peer.probe_sent_at is not None
+                  and now - peer.probe_sent_at >= 0.9 * self.timings.probe_interval):
+                rx = self.dp.peer_counters() if rx is None else rx
+                self._probe_expired(peer, now, rx)
+        target = self._by_id(probe_target(self._members(), self.me.peer_id, round_number))
+        if target and target.conn and not target.conn.legacy and target.suspect_since is None:
+            if target.probe_sent_at is None:
+                target.probe_sent_at = now
+                target.probe_rx = self._rx_frames(target, rx if rx is not None else self.dp.peer_counters())
+            self._send_ping(target)
         self._dial_due(now)
+        if now >= self._next_sync:
+            self._anti_entropy(now)
+
+    def _members(self):
+        return sorted([p.peer_id for p in self.peers if p.state == ESTABLISHED and p.conn
+                       and not p.conn.legacy] + [self.me.peer_id])
+
+    @staticmethod
+    def _rx_frames(peer, counters):
+        return counters.get(peer.peer_id, {}).get("rx_frames", 0)
+
+    def _probe_expired(self, peer, now, counters):
+        """A round's probe went unanswered: unless frames came meanwhile, suspect."""
+        sent_at, peer.probe_sent_at = peer.probe_sent_at, None
+        if (peer.last_heard or 0) >= sent_at or self._rx_frames(peer, counters) != peer.probe_rx:
+            return
+        timings = self.timings
+        self._suspect(peer, since=sent_at, report_at=sent_at + timings.report_after,
+                      deadline=sent_at + timings.report_after + timings.confirm_for)
+
+    def _suspect(self, peer, since, report_at, deadline, reporter=None):
+        peer.suspect_since, peer.report_at, peer.suspect_deadline = since, report_at, deadline
+        peer.reported_by = reporter
+        self.suspicions += 1
+        log.debug("%s: suspect%s", peer.label, f" (reported by {reporter})" if reporter else "")
+        self._wake.set()
+
+    def _on_suspect_report(self, reporter, peer_id):
+        """Another router's probes of `peer_id` went unanswered: check it ourselves."""
+        peer = self._by_id(peer_id)
+        now = time.monotonic()
+        if (peer is None or peer is reporter or not peer.conn or peer.conn.legacy
+                or peer.state != ESTABLISHED or peer.suspect_since is not None
+                or now - (peer.last_heard or 0) < self.timings.probe_interval):
+            return
+        self._suspect(peer, since=now, report_at=None, deadline=now + self.timings.confirm_for,
+                      reporter=reporter.label)
+
+    def _fast_round(self, now):
+        """Pings to new and suspect peers; whether any are left."""
+        busy = False
+        for peer in list(self.peers):
+            conn = peer.conn
+            if not conn or conn.legacy:
+                continue
+            if peer.state != ESTABLISHED:
+                if conn.epoch is None:
+                    continue
+                if now - conn.opened > self.config.down_after:
+                    self._drop(peer, self._silence(peer, now))
+                    continue
+            elif peer.suspect_since is None:
+                continue
+            elif now >= peer.suspect_deadline:
+                self._drop(peer, self._silence(peer, now))
+                continue
+            elif peer.report_at is not None and now >= peer.report_at:
+                peer.report_at = None
+                self._report_suspect(peer)
+            busy = True
+            self._send_ping(peer)
+        return busy
+
+    def _report_suspect(self, peer):
+        self.suspects_reported += 1
+        for other in self.peers:
+            if other is not peer and other.conn and not other.conn.legacy and other.state == ESTABLISHED:
+                other.conn.send({"type": "suspect", "peer_id": peer.peer_id})
+
+    def _silence(self, peer, now):
+        down = self.config.down_after
+        if peer.state != ESTABLISHED:
+            return f"no answer to data-path heartbeats in {down:g} s (UDP blocked?)"
+        if peer.suspect_since is None:
+            return f"no data-path heartbeat for {down:g} s"
+        by = f", after {peer.reported_by} reported it silent" if peer.reported_by else ""
+        silent = now - max(peer.last_heard or 0, peer.conn.opened)
+        return f"no answer to data-path probes, silent for {silent:.1f} s{by}"
+
+    def _heard(self, peer, now):
+        """An authentic, fresh datagram from the peer: it is alive."""
+        peer.last_heard = now
+        if peer.suspect_since is not None:
+            log.debug("%s answers again after %.2f s", peer.label, now - peer.suspect_since)
+            peer.suspect_since = peer.report_at = peer.suspect_deadline = peer.reported_by = None
 
     def _drop(self, peer, reason):
         conn = peer.conn
@@ -574,7 +717,7 @@ class ControlPlane:
     def _dial_due(self, now=None):
         now = time.monotonic() if now is None else now
         for peer in self.peers:
-            if peer.conn or peer.dialing or now < peer.next_attempt:
+            if peer.conn or peer.dialing or now < max(peer.next_attempt, peer.dial_after):
                 continue
             peer.dialing = True
             self._set_state(peer, RETRYING if peer.failures else CONNECTING)
@@ -590,6 +733,7 @@ class ControlPlane:
     def _on_control(self):
         # The dataplane names the peer whose key opened the datagram, and lets
         # each through once: what arrives here is authentic and fresh.
+        now = time.monotonic()
         for src_peer, address, payload in self.dp.recv_control():
             peer = self._by_id(src_peer)
             heartbeat = protocol.decode_heartbeat(payload)
@@ -599,6 +743,7 @@ class ControlPlane:
                     peer.heartbeats["rejected"] += 1
                 continue
             kind, seq, timestamp = heartbeat
+            self._heard(peer, now)
             if kind == protocol.PING:
                 # Only a newer ping moves the address: a replayed one cannot.
                 if seq > peer.highest_ping:
@@ -612,8 +757,7 @@ class ControlPlane:
                 self._send_control(peer, protocol.encode_heartbeat(protocol.PONG, seq, timestamp))
             else:
                 peer.heartbeats["answered"] += 1
-                peer.rtt = time.monotonic() - timestamp
-                peer.heartbeat_seen = time.monotonic()
+                peer.rtt = now - timestamp
                 if peer.state != ESTABLISHED:
                     peer.failures = 0
                     peer.established_once = True
@@ -621,8 +765,14 @@ class ControlPlane:
                     log.info("%s (peer id %d) established, RTT %.2f ms", peer.name, peer.peer_id,
                              peer.rtt * 1000)
                     self._links_changed()
+                    self._push(("peer", peer.peer_id))
 
-    # Membership and routing.
+    # Membership and routing: link states, announcements and addresses travel
+    # as deltas. Each router pushes its own changes to the routers it is
+    # connected to, batched over GOSSIP_BATCH; an entry learned from router S
+    # goes on only to those S is not connected to (in a full mesh, nowhere).
+    # A new connection gets the sender's own entries and its address book;
+    # every SYNC_INTERVAL a digest exchange with one peer repairs the rest.
 
     def _own_links(self):
         return {p.peer_id for p in self.peers if p.state == ESTABLISHED}
@@ -631,10 +781,20 @@ class ControlPlane:
         self.link_version += 1
         self.link_states[self.me.peer_id] = {"name": self.me.name, "version": self.link_version,
                                              "links": self._own_links()}
-        self._recompute_routes()
-        self._schedule_gossip()
+        self._recompute_routes()  # at once: a peer just established takes frames now
+        self._push(("links", self.me.peer_id))
+
+    def _schedule_routes(self):
+        """Routes are recomputed at most every ROUTE_HOLD: a burst of gossip costs one."""
+        if self._routes_pending:
+            return
+        self._routes_pending = True
+        self._loop.call_later(max(0.0, self._routes_at + ROUTE_HOLD - time.monotonic()),
+                              self._recompute_routes)
 
     def _recompute_routes(self):
+        self._routes_pending = False
+        self._routes_at = time.monotonic()
         links = {pid: state["links"] for pid, state in self.link_states.items()
                  if not self._is_forgotten(peer_id=pid)}
         self.routes = {dst: route for dst, route in next_hops(self.me.peer_id, links).items()
@@ -649,27 +809,93 @@ class ControlPlane:
                 self.dp.set_peer_up(peer.peer_id, wanted[0])
                 self._pushed[peer.peer_id] = wanted
 
-    def _gossip_message(self):
-        return {
-            "type": "gossip",
-            "peers": [{"peer_id": p.peer_id, "name": p.name, "host": p.endpoint[0],
-                       "port": p.endpoint[1]} for p in self.peers if p.state == ESTABLISHED],
-            "links": [{"peer_id": pid, "name": s["name"], "version": s["version"],
-                       "links": sorted(s["links"])} for pid, s in self.link_states.items()],
-            "announced": [{"peer_id": pid, **entry} for pid, entry in self.announced.items()],
-        }
+    # Entries are ("links" | "announced" | "peer", peer id): looked up when sent, so
+    # a batch carries the newest version.
 
-    def _schedule_gossip(self):
-        if not self._gossip_pending and self._loop:
-            self._gossip_pending = True
-            self._loop.call_soon(self._send_gossip)
+    def _send_entries(self, conn, keys):
+        """Sends these entries as this router knows them now, in messages peers accept."""
+        for start in range(0, len(keys), messages.MAX_ENTRIES):
+            conn.send(self._entries(keys[start:start + messages.MAX_ENTRIES]))
 
-    def _send_gossip(self):
-        self._gossip_pending = False
-        message = self._gossip_message()
+    def _entries(self, keys):
+        message = {"type": "gossip", "peers": [], "links": [], "announced": []}
+        for kind, pid in keys:
+            if kind == "links" and pid in self.link_states:
+                s = self.link_states[pid]
+                message["links"].append({"peer_id": pid, "name": s["name"], "version": s["version"],
+                                         "links": sorted(s["links"])})
+            elif kind == "announced" and pid in self.announced:
+                message["announced"].append({"peer_id": pid, **self.announced[pid]})
+            elif kind == "peer":
+                peer = self._by_id(pid)
+                if peer and peer.state == ESTABLISHED:
+                    message["peers"].append({"peer_id": pid, "name": peer.name,
+                                             "host": peer.endpoint[0], "port": peer.endpoint[1]})
+        return message
+
+    def _full_gossip(self):
+        """The whole state, as version-2 peers expect on every change."""
+        return self._entries([("links", pid) for pid in self.link_states]
+                             + [("announced", pid) for pid in self.announced]
+                             + [("peer", p.peer_id) for p in self.peers if p.state == ESTABLISHED])
+
+    def _push(self, key, source=None):
+        """Queues an entry for the next batch; `source` is the router it came from."""
+        self._outbox.setdefault(key, source)
+        if not self._push_pending and self._loop:
+            self._push_pending = True
+            self._loop.call_later(GOSSIP_BATCH, self._flush_pushes)
+
+    def _flush_pushes(self):
+        self._push_pending = False
+        outbox, self._outbox = self._outbox, {}
+        legacy_full = None
         for peer in self.peers:
-            if peer.conn:
-                peer.conn.send(message)
+            conn = peer.conn
+            if not conn:
+                continue
+            if conn.legacy:  # version 2 expects the whole state on every change
+                legacy_full = legacy_full or self._full_gossip()
+                conn.send(legacy_full)
+                continue
+            keys = [key for key, source in outbox.items()
+                    if key[1] != peer.peer_id and self._forward_to(peer.peer_id, source)]
+            self._send_entries(conn, keys)
+
+    def _forward_to(self, pid, source):
+        """Whether an entry that came from `source` (None: our own) should go to `pid`:
+        not back, and not where the source already sends it itself."""
+        if source is None:
+            return True
+        return pid != source and pid not in self.link_states.get(source, {}).get("links", ())
+
+    def _greet(self, conn):
+        """What a new connection gets: our own entries and our address book."""
+        if conn.legacy:
+            conn.send(self._full_gossip())
+            return
+        self._send_entries(conn, [("links", self.me.peer_id), ("announced", self.me.peer_id)]
+                           + [("peer", p.peer_id) for p in self.peers if p.state == ESTABLISHED])
+
+    def _anti_entropy(self, now):
+        self._next_sync = now + SYNC_INTERVAL * random.uniform(0.8, 1.2)
+        partners = [p for p in self.peers if p.state == ESTABLISHED and p.conn and not p.conn.legacy]
+        if partners:
+            random.choice(partners).conn.send({
+                "type": "sync",
+                "links": [[pid, s["version"]] for pid, s in self.link_states.items()],
+                "announced": [[pid, a["version"]] for pid, a in self.announced.items()],
+                "known": [p.peer_id for p in self.peers if p.peer_id is not None]})
+
+    def _on_sync(self, peer, conn, links, announced, known):
+        """Answers a digest with what the asker lacks or has older."""
+        keys = [("links", pid) for pid, s in self.link_states.items()
+                if s["version"] > links.get(pid, -1)]
+        keys += [("announced", pid) for pid, a in self.announced.items()
+                 if a["version"] > announced.get(pid, -1)]
+        keys += [("peer", p.peer_id) for p in self.peers
+                 if p.state == ESTABLISHED and p is not peer and p.peer_id not in known]
+        self._send_entries(conn, keys)
 
     def _newer(self, table, pid, version):
         """Whether gossip's entry of another router, at `version`, replaces what `table`
@@ -682,24 +908,26 @@ class ControlPlane:
             return False
         return True
 
-    def _merge_gossip(self, peers, links, announced):
+    def _merge_gossip(self, sender, peers, links, announced):
         changed = False
         for pid, name, version, linked in links:
             if self._newer(self.link_states, pid, version):
                 self.link_states[pid] = {"name": name, "version": version, "links": linked}
+                self._push(("links", pid), sender.peer_id)
                 changed = True
         for pid, name, version, data in announced:
             if self._newer(self.announced, pid, version):
                 self.announced[pid] = {"name": name, "version": version, "data": data}
-                self._schedule_gossip()
+                self._push(("announced", pid), sender.peer_id)
+        learned = False
         for pid, name, host, port in peers:
-            changed = self._learn(pid, name, (host, port), "gossip") or changed
-        if changed:
-            self._recompute_routes()
-            self._schedule_gossip()
+            learned = self._learn(pid, name, (host, port), "gossip", sender) or learned
+        if changed or learned:
+            self._schedule_routes()
+        if learned:
             self._dial_due()
 
-    def _learn(self, pid, name, address, source):
+    def _learn(self, pid, name, address, source, sender=None):
         """Adds a router heard of (from gossip or the cluster store); whether it was new."""
         if (pid == self.me.peer_id or self._by_id(pid) or self._by_address(address)
                 or self._is_forgotten(pid, address)):
@@ -708,7 +936,11 @@ class ControlPlane:
             self.refused["peer_table_full"] += 1
             return False
         peer = self._add_target(address, pid, name)
+        if pid < self.me.peer_id:  # the lower peer id dials; the other only if that did not happen
+            peer.dial_after = time.monotonic() + DIAL_GRACE * random.uniform(1, 1.5)
         self._ensure_in_dataplane(peer, *address)
+        if sender is not None:
+            self._push(("peer", pid), sender.peer_id)
         log.info("learned about %s (peer id %d) at %s from %s", peer.name, pid,
                  format_address(address), source)
         return True
@@ -716,7 +948,7 @@ class ControlPlane:
     def learn_peer(self, peer_id, name, host, port, source="the cluster store"):
         """Tells the mesh of a router found elsewhere (the cluster store); loop thread only."""
         if self._learn(peer_id, name, (host, port), source):
-            self._recompute_routes()
+            self._schedule_routes()
             self._dial_due()
 
     # What other subsystems announce through the mesh (thread-safe).
@@ -734,7 +966,7 @@ class ControlPlane:
             mine = self.announced[self.me.peer_id]
             mine["data"] = {**mine["data"], key: value}
             mine["version"] = max(mine["version"] + 1, time.time_ns())
-            self._schedule_gossip()
+            self._push(("announced", self.me.peer_id))
         if self._loop is None:  # not started: nothing else runs yet
             update()
         else:

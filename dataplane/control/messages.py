@@ -13,6 +13,7 @@ from dataplane.control.errors import ProtocolError
 
 MAX_NAME = 64          # router names (the hostname by default)
 MAX_ENTRIES = 256      # peers or link states in one gossip message
+MAX_DIGEST = 1024      # routers a digest (`sync`) names: the link states a router keeps
 MAX_REASON = 300       # an error's reason, as logged
 # What a router announces for the Docker plugin (gossip's "announced", see ControlPlane.announce):
 MAX_SUBNETS = 64       # subnets with address ranges ("ipam")
@@ -202,6 +203,32 @@ def entries_of_ids(entry):
             type(i) is not int or not 0 < i < 2**32 for i in ids):
         raise ProtocolError(f"gossip: links must be at most {MAX_ENTRIES} peer ids, got {quote(ids)}")
     return set(ids)
+
+
+def check_sync(message):
+    """({peer id: link-state version}, {peer id: announcement version}, {peer ids known})
+    of a digest (`sync`)."""
+    def listed(key):
+        value = _field(message, key, "sync")
+        if type(value) is not list or len(value) > MAX_DIGEST:
+            raise ProtocolError(f"sync: {key} must be a list of at most {MAX_DIGEST}, got {quote(value)}")
+        return value
+
+    def versions(key):
+        pairs = listed(key)
+        if any(type(p) is not list or len(p) != 2 or type(p[0]) is not int or not 0 < p[0] < 2**32
+               or type(p[1]) is not int or not 0 <= p[1] < 2**63 for p in pairs):
+            raise ProtocolError(f"sync: {key} must be [peer id, version] pairs, got {quote(pairs)}")
+        return dict(pairs)
+    known = listed("known")
+    if any(type(i) is not int or not 0 < i < 2**32 for i in known):
+        raise ProtocolError(f"sync: known must be peer ids, got {quote(known)}")
+    return versions("links"), versions("announced"), set(known)
+
+
+def check_suspect(message):
+    """The peer id a `suspect` report names."""
+    return peer_id(message, "peer_id", "suspect")
 
 
 def check_session(message):

@@ -53,13 +53,22 @@ After the handshake (version 2):
   installs its own, switches its sending key and sends ``session``; the
   server switches when that arrives. Old receive keys stay valid for
   KEY_OVERLAP seconds, so no datagram in flight is lost.
-- ``heartbeat`` ``{"type": "heartbeat"}``: sent every heartbeat interval; any
-  message received counts as a sign of life of the control connection.
 - ``gossip`` ``{"type": "gossip", "peers": [{"peer_id", "name", "host",
-  "port"}], "links": [{"peer_id", "name", "version", "links": [peer ids]}]}``:
-  the addresses of the peers the sender is connected to (membership) and its
-  link-state database (routing). A link state replaces the stored one of the
-  same peer_id when its version is higher.
+  "port"}], "links": [{"peer_id", "name", "version", "links": [peer ids]}],
+  "announced": [{"peer_id", "name", "version", "data"}]}``: addresses of
+  established routers (membership), link states (routing) and what routers
+  announce (address ranges, names). An entry replaces the stored one of the
+  same peer_id when its version is higher. Version 3 sends deltas (see
+  mesh.py); version 2 sends the whole state on every change.
+- ``sync`` (version 3) ``{"type": "sync", "links": [[peer id, version]],
+  "announced": [[peer id, version]], "known": [peer ids]}``: a digest; the
+  answer is a ``gossip`` with the entries the asker lacks or has older.
+- ``suspect`` (version 3) ``{"type": "suspect", "peer_id": p}``: the sender's
+  probes of p went unanswered; the receiver pings p itself and declares it
+  failed only if p stays silent to it too (liveness.py).
+- ``heartbeat`` ``{"type": "heartbeat"}`` (version 2 only): sent every probe
+  interval; any message counts as a sign of life of the control connection.
+  Version 3 connections stay silent when idle.
 - ``error``: as above, then the sender closes the connection.
 
 Data-path heartbeats (CONTROL datagrams through the dataplane)
@@ -92,7 +101,7 @@ from dataplane.control.errors import HandshakeError, ProtocolError
 __all__ = ["HandshakeError", "ProtocolError"]  # raised by everything here
 
 PROTOCOL = "weavefast"
-VERSIONS = (2, 2)  # lowest and highest protocol version this code speaks
+VERSIONS = (2, 3)  # lowest and highest protocol version this code speaks
 MAX_MESSAGE = 1 << 20
 MAX_HANDSHAKE_MESSAGE = 4096
 KEY_OVERLAP = 15.0  # seconds a replaced receive key still opens datagrams in flight
