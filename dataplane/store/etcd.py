@@ -247,14 +247,15 @@ class EtcdStore:
 
     def watch_prefix(self, prefix, start_revision, timeout, max_line):
         """A Watch of every change under `prefix` from `start_revision` on, on the first
-        endpoint that takes it; StoreUnavailable when none does."""
+        endpoint that takes it; StoreUnavailable when none does. `timeout`: how long the
+        stream may stay quiet (Watch.next raises TimeoutError after it)."""
         body = {"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
                                    "start_revision": str(start_revision)}}
         with self._lock:
             order = self.endpoints[self._preferred:] + self.endpoints[:self._preferred]
         errors = []
         for host, port in order:
-            conn = self._connection(host, port, timeout)
+            conn = self._connection(host, port, self.timeout)  # to connect and be answered
             try:
                 if self.user and self._token is None:
                     self._authenticate(host, port)
@@ -267,6 +268,7 @@ class EtcdStore:
                     self._token = None  # expired: the next attempt logs in again
                 if response.status != 200:
                     raise StoreError(f"etcd {host}:{port} refused watch: {response.status}")
+                conn.sock.settimeout(timeout)  # then as long as a quiet watch may be
             except (OSError, http.client.HTTPException, ValueError) as e:
                 conn.close()
                 errors.append(f"{host}:{port}: {e}")
