@@ -71,6 +71,10 @@ def add_arguments(p) -> None:
     add_reconcile_arguments(p, prefix="plugin-")
     from dataplane.plugin.options import add_arguments as add_plugin_arguments
     add_plugin_arguments(p)
+    p.add_argument("--advertise-address", metavar="HOST",
+                   help="with --store: the address other routers dial to reach this one, as "
+                        "registered in the store (default: this host's source address toward "
+                        "the store)")
     p.add_argument("-v", "--verbose", action="store_true", help="log control-plane events")
 
 
@@ -140,13 +144,35 @@ def config_from_args(args):
     return cfg, control, peers
 
 
-async def sweep(dp) -> None:
+def membership_from_args(args, control):
+    """The store membership (`--store`): a StoreDiscovery not yet started, or None."""
+    if not args.store:
+        if args.advertise_address:
+            raise RouterError("--advertise-address is what the router registers in the cluster "
+                              "store: give --store etcd://HOST:2379 too, or leave it out")
+        return None
+    from dataplane.control import discovery
+    from dataplane.store import EtcdStore
+    try:
+        store = EtcdStore(args.store)
+    except (ValueError, OSError) as e:
+        raise RouterError(f"--store: {e}") from None
+    try:
+        host = discovery.advertise_address(store, args.advertise_address)
+    except ValueError as e:
+        raise RouterError(str(e)) from None
+    me = discovery.RouterEntry(control.peer_id, control.name, host, control.port)
+    return discovery.StoreDiscovery(store, me, ttl=discovery.lease_ttl(control.down_after),
+                                    max_peers=control.max_peers)
+
+
+async def sweep(dp, degradations) -> None:
     """Ages MACs out, and says once when a degradation appears at run time."""
-    shown = {d["what"] for d in dp.degradations()}
+    shown = {d["what"] for d in degradations()}
     while True:
         await asyncio.sleep(FDB_SWEEP_INTERVAL)
         dp.fdb_expire()
-        now = dp.degradations()
+        now = degradations()
         for d in now:
             if d["what"] not in shown:
                 print(f"weavefast router: {degradation_line(d)}", file=sys.stderr, flush=True)
@@ -157,10 +183,12 @@ def degradation_line(d) -> str:
     return f"DEGRADED: {d['what']}: {d['why']}; fix: {d['fix']}"
 
 
-async def serve(dp, control_config: ControlConfig, status_addr: str, plugin=None) -> None:
+async def serve(dp, control_config: ControlConfig, status_addr: str, plugin=None,
+                membership=None) -> None:
     """Runs the control plane and the status API until SIGINT or SIGTERM; `plugin` (the
     Docker plugin's services, or None) announces through the control plane and reports
-    in the status."""
+    in the status; `membership` (a discovery.StoreDiscovery, or None) registers this
+    router in the cluster store and hands the control plane the routers it finds there."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -169,12 +197,16 @@ async def serve(dp, control_config: ControlConfig, status_addr: str, plugin=None
     control = ControlPlane(dp, control_config)
     if plugin is not None:
         plugin.attach(control)
+
+    def degradations():
+        return dp.degradations() + (membership.degradations() if membership else [])
     status = StatusServer(control, parse_hostport(status_addr, 6784, "--status-addr"),
                           token_file=token_path_for(control_config.name), details=lambda: {
         "uptime": round(time.time() - started, 1), "bridge": dp.config.bridge,
         "tap": dp.config.tap_name, "mtu": dp.mtu,
         "mac_table": {"size": dp.fdb_size(), "capacity": dp.config.fdb_capacity},
-        "workers": dp.worker_counters(), "degradations": dp.degradations(),
+        "workers": dp.worker_counters(), "degradations": degradations(),
+        "membership": membership.status() if membership else None,
         "plugin": plugin.status() if plugin else None})
     try:
         await control.start()
@@ -187,12 +219,16 @@ async def serve(dp, control_config: ControlConfig, status_addr: str, plugin=None
         except OSError as e:
             raise RouterError(f"status API {status_addr}: {e.strerror} "
                               "(choose another --status-addr)") from None
-        sweeper = asyncio.create_task(sweep(dp))
+        if membership is not None:
+            membership.start(loop, control.learn_peer)
+        sweeper = asyncio.create_task(sweep(dp, degradations))
         notify_ready()
         await stop.wait()
         sweeper.cancel()
         await status.stop()
     finally:
+        if membership is not None:  # revokes the lease: the others see this router leave
+            await asyncio.to_thread(membership.stop)
         await control.stop()
 
 
@@ -204,8 +240,10 @@ def run(args) -> int:
         from dataplane.engine import Dataplane
 
         cfg, control, peers = config_from_args(args)
+        membership = membership_from_args(args, control)
         dp = Dataplane(cfg)
-        dp.open([host for host, _ in peers])
+        # the advertised address tells the underlay's family when no --peer does
+        dp.open([host for host, _ in peers] + ([membership.me.host] if membership else []))
     except RouterError as e:
         print(f"weavefast router: {e}", file=sys.stderr)
         return 2
@@ -233,7 +271,11 @@ def run(args) -> int:
             print(f"weavefast router: Docker plugin serving NetworkDriver and IpamDriver on "
                   f"{args.plugin_socket} (state in {args.plugin_state_dir}, reconciled with "
                   f"{args.plugin_docker_host})", flush=True)
-        asyncio.run(serve(dp, control, args.status_addr, plugin))
+        if membership is not None:
+            print(f"weavefast router: membership through the store etcd {membership.store.display}: "
+                  f"registering as {membership.key} at "
+                  f"{format_address((membership.me.host, membership.me.port))}", flush=True)
+        asyncio.run(serve(dp, control, args.status_addr, plugin, membership))
     except RouterError as e:
         print(f"weavefast router: {e}", file=sys.stderr)
         return 2

@@ -153,6 +153,9 @@ def format_status(status, now=None):
         f"  mac table: {status['mac_table']['size']} entries",
     ]
     lines += [f"  DEGRADED: {d['what']}: {d['why']}; fix: {d['fix']}" for d in status.get("degradations", ())]
+    membership = status.get("membership")
+    if membership:
+        lines.append(f"  membership: etcd {membership['store']}, {_membership(membership)}")
     transfer = _transfer(status["counters"], "udp_")
     if transfer:
         lines.append(f"  transfer: {transfer}")
@@ -179,6 +182,15 @@ def format_status(status, now=None):
     if status.get("plugin"):
         lines += ["", *format_plugin(status["plugin"], now)]
     return "\n".join(lines)
+
+
+def _membership(m):
+    found = f"{m['routers']} other router(s) in the store"
+    if m["rejected"]:
+        found += f", {m['rejected']} entr{'y' if m['rejected'] == 1 else 'ies'} ignored"
+    if m["state"] == "unreachable":
+        return f"UNREACHABLE: {m['error']} (the mesh keeps its peers; retrying); {found}"
+    return f"{m['state']} as {m['advertised']} ({m['key']}, lease {m['lease_ttl']} s); {found}"
 
 
 def _encryption(encryption):

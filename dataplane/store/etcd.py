@@ -7,7 +7,7 @@ protobuf or gRPC version to keep in step; the PyPI clients either pin an old pro
 wire, 64-bit numbers arrive as strings, and fields with default values are left out.
 
 Only what weavefast needs: range reads, put, delete, compare-and-swap transactions,
-leases. Every call tries the endpoints in turn and raises `StoreUnavailable` when none
+leases, and watch streams (one JSON object per line). Every call tries the endpoints in turn and raises `StoreUnavailable` when none
 answers, so callers can tell "the store is away" from "the answer is no".
 
 URLs: `etcd://HOST:PORT[,HOST:PORT...]` (plain HTTP) or `etcds://...` (TLS); user and
@@ -18,6 +18,7 @@ TLS come from `ca=`, `cert=`, `key=` query parameters, e.g.
 import base64
 import http.client
 import json
+import socket
 import ssl
 import threading
 import urllib.parse
@@ -31,6 +32,10 @@ class StoreError(RuntimeError):
 
 class StoreUnavailable(StoreError):
     """No endpoint of the store answered."""
+
+
+class AnswerTooLarge(StoreError):
+    """etcd's answer (or one message of a watch) is larger than the caller accepts."""
 
 
 def parse_store_url(url):
@@ -100,23 +105,31 @@ class EtcdStore:
 
     # -- transport --------------------------------------------------------------------
 
-    def _post(self, host, port, path, body, token):
+    def _connection(self, host, port, timeout):
         if self._ssl:
-            conn = http.client.HTTPSConnection(host, port, timeout=self.timeout, context=self._ssl)
-        else:
-            conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
+            return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._ssl)
+        return http.client.HTTPConnection(host, port, timeout=timeout)
+
+    def _post(self, host, port, path, body, token, max_bytes=None):
+        conn = self._connection(host, port, self.timeout)
         headers = {"Content-Type": "application/json"}
         if token:
             headers["Authorization"] = token
         try:
             conn.request("POST", path, body=json.dumps(body), headers=headers)
             response = conn.getresponse()
-            return response.status, json.loads(response.read() or b"{}")
+            raw = response.read() if max_bytes is None else response.read(max_bytes + 1)
+            if max_bytes is not None and len(raw) > max_bytes:
+                raise AnswerTooLarge(f"etcd {host}:{port}: the answer to {path} is larger than "
+                                     f"{max_bytes} bytes")
+            return response.status, json.loads(raw or b"{}")
         finally:
             conn.close()
 
-    def call(self, path, body):
-        """POST /v3/`path` to the first endpoint that answers; returns the decoded answer."""
+    def call(self, path, body, max_bytes=None):
+        """POST /v3/`path` to the first endpoint that answers; returns the decoded answer.
+        `max_bytes`: a longer answer raises AnswerTooLarge, unread (what the store holds is
+        not trusted to be small)."""
         with self._lock:
             order = self.endpoints[self._preferred:] + self.endpoints[:self._preferred]
         errors = []
@@ -124,10 +137,12 @@ class EtcdStore:
             try:
                 if self.user and self._token is None:
                     self._authenticate(host, port)
-                status, answer = self._post(host, port, f"/v3/{path}", body, self._token)
+                status, answer = self._post(host, port, f"/v3/{path}", body, self._token,
+                                            max_bytes)
                 if status == 401 and self.user:  # token expired
                     self._authenticate(host, port)
-                    status, answer = self._post(host, port, f"/v3/{path}", body, self._token)
+                    status, answer = self._post(host, port, f"/v3/{path}", body, self._token,
+                                                max_bytes)
             except (OSError, http.client.HTTPException, ValueError) as e:
                 errors.append(f"{host}:{port}: {e}")
                 continue
@@ -154,6 +169,29 @@ class EtcdStore:
         answer = self.call("kv/range", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))})
         return {_unb64(kv["key"]): (_unb64(kv.get("value")), int(kv.get("mod_revision", 0)))
                 for kv in answer.get("kvs", [])}
+
+    def range_raw(self, prefix, limit=0, max_bytes=None, keys_only=False):
+        """({key: (value, mod_revision)}, revision, more) under `prefix`, keys and values as
+        bytes exactly as stored (nothing decoded: the caller validates them); at most `limit`
+        keys (0: all), `more` when some were left out; `revision` is the store's, to watch
+        from."""
+        body = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}
+        if limit:
+            body["limit"] = str(limit)
+        if keys_only:
+            body["keys_only"] = True
+        answer = self.call("kv/range", body, max_bytes)
+        found = {base64.b64decode(kv.get("key", "")): (base64.b64decode(kv.get("value", "")),
+                                                         int(kv.get("mod_revision", 0)))
+                 for kv in answer.get("kvs", [])}
+        return found, int(answer.get("header", {}).get("revision", 0)), bool(answer.get("more"))
+
+    def get_raw(self, key, max_bytes=None):
+        """(value bytes, mod_revision) of `key` (bytes), or None when it is absent."""
+        answer = self.call("kv/range", {"key": base64.b64encode(key).decode()}, max_bytes)
+        kvs = answer.get("kvs", [])
+        return ((base64.b64decode(kvs[0].get("value", "")), int(kvs[0].get("mod_revision", 0)))
+                if kvs else None)
 
     def get(self, key):
         """(value, mod_revision), or None when the key is absent."""
@@ -200,3 +238,96 @@ class EtcdStore:
         """Renews `lease`; False when it has expired (the keys under it are gone)."""
         answer = self.call("lease/keepalive", {"ID": str(lease)})
         return int(answer.get("result", {}).get("TTL", 0)) > 0
+
+    def revoke_lease(self, lease):
+        """Ends `lease` now: the keys under it go at once (watchers see them deleted)."""
+        self.call("lease/revoke", {"ID": str(lease)})
+
+    # -- watches -----------------------------------------------------------------------
+
+    def watch_prefix(self, prefix, start_revision, timeout, max_line):
+        """A Watch of every change under `prefix` from `start_revision` on, on the first
+        endpoint that takes it; StoreUnavailable when none does. `timeout`: how long the
+        stream may stay quiet (Watch.next raises TimeoutError after it)."""
+        body = {"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
+                                   "start_revision": str(start_revision)}}
+        with self._lock:
+            order = self.endpoints[self._preferred:] + self.endpoints[:self._preferred]
+        errors = []
+        for host, port in order:
+            conn = self._connection(host, port, self.timeout)  # to connect and be answered
+            try:
+                if self.user and self._token is None:
+                    self._authenticate(host, port)
+                headers = {"Content-Type": "application/json"}
+                if self._token:
+                    headers["Authorization"] = self._token
+                conn.request("POST", "/v3/watch", body=json.dumps(body), headers=headers)
+                response = conn.getresponse()
+                if response.status == 401 and self.user:
+                    self._token = None  # expired: the next attempt logs in again
+                if response.status != 200:
+                    raise StoreError(f"etcd {host}:{port} refused watch: {response.status}")
+                conn.sock.settimeout(timeout)  # then as long as a quiet watch may be
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                conn.close()
+                errors.append(f"{host}:{port}: {e}")
+                continue
+            except BaseException:
+                conn.close()
+                raise
+            return Watch(conn, response, f"{host}:{port}", max_line)
+        raise StoreUnavailable(f"etcd {self.display} unreachable ({'; '.join(errors)})")
+
+
+class Watch:
+    """One watch stream: `next()` returns the next message's "result" ({"events": [...],
+    "header": {...}}, or {"created": true}, {"canceled": true, "compact_revision": ...});
+    raises TimeoutError when nothing came within the timeout (the stream is then of no
+    further use: close it), AnswerTooLarge for a message longer than `max_line`,
+    StoreUnavailable when the stream ends or breaks. `interrupt()` may be called from
+    another thread to wake the reader (it gets StoreUnavailable); `close()` only from
+    the reader's."""
+
+    def __init__(self, conn, response, endpoint, max_line):
+        self.conn, self.response, self.endpoint, self.max_line = conn, response, endpoint, max_line
+        self._sock = conn.sock
+
+    def next(self):
+        try:
+            line = self.response.readline(self.max_line + 1)
+        except TimeoutError:
+            raise
+        except Exception as e:  # http.client's state after a broken or interrupted stream
+            raise StoreUnavailable(f"etcd {self.endpoint}: watch broken "
+                                   f"({type(e).__name__}: {e})") from None
+        if not line:
+            raise StoreUnavailable(f"etcd {self.endpoint}: watch closed")
+        if len(line) > self.max_line:
+            raise AnswerTooLarge(f"etcd {self.endpoint}: a watch message is larger than "
+                                 f"{self.max_line} bytes")
+        try:
+            message = json.loads(line)
+        except ValueError:
+            raise StoreError(f"etcd {self.endpoint}: a watch message is not JSON") from None
+        if not isinstance(message, dict) or not isinstance(message.get("result"), dict):
+            error = message.get("error") if isinstance(message, dict) else None
+            if isinstance(error, dict) and error.get("http_code") == 503:
+                raise StoreUnavailable(f"etcd {self.endpoint}: watch ended: "
+                                       f"{str(error.get('message'))[:200]}")
+            raise StoreError(f"etcd {self.endpoint}: watch ended: {str(error)[:200]}")
+        return message["result"]
+
+    def interrupt(self):
+        try:
+            if self._sock is not None:
+                self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self):
+        self.interrupt()
+        try:
+            self.conn.close()
+        except Exception:  # noqa: BLE001 - whatever state an interrupted stream left
+            pass
