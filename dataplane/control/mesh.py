@@ -30,9 +30,12 @@ CONNECTING, ESTABLISHED, FAILED, RETRYING = "connecting", "established", "failed
 MAX_PEERS_PER_ADDRESS = 4  # routers one IP address may bring in (several ports on one host)
 MAX_LINK_STATES = messages.MAX_DIGEST
 GOSSIP_BATCH = 0.2  # seconds of changes one gossip message carries
+GOSSIP_FANOUT = 3  # routers an entry learned from another goes on to
+OWN_LINKS_HOLD = 1.0  # least seconds between sending our own link state
 SYNC_INTERVAL = 30.0  # between digest exchanges with one random peer (anti-entropy)
 FIRST_SYNC = 3.0  # the first one, after start
-ROUTE_HOLD = 0.1  # least seconds between route computations
+STARVED_LAG = 0.25  # of a probe interval: a wake-up this late means the process was starved
+ROUTE_HOLD = 0.25  # least seconds between route computations
 DIAL_GRACE = 5.0  # a learned router with a lower peer id dials us; we dial it only after this
 HANDSHAKE_TIMEOUT = 10.0  # generous: 64 routers starting on one machine share its cores
 CONNECT_TIMEOUT = 5.0
@@ -66,9 +69,15 @@ class ControlConfig:
 
     @property
     def forget_unestablished_after(self):
-        """A peer learned from gossip or a connection that never got established
-        this long is dropped from the table: fake identities cannot pile up."""
+        """A peer learned from gossip or a connection that never got established,
+        and whose connection failed, is dropped from the table this long after it
+        was added: fake identities cannot pile up."""
         return 4 * self.down_after
+
+    @property
+    def establish_within(self):
+        """From a connection's start to the first answered data-path heartbeat."""
+        return 2 * self.down_after
 
 
 def backoff_delay(failures: int, initial: float, cap: float) -> float:
@@ -106,8 +115,10 @@ class Connection:
         self.version = handshake.version
         self.remote_host = unmapped(channel.writer.get_extra_info("peername")[0])
         self.opened = self.last_rx = time.monotonic()
+        self.establish_by = None  # set when attached: a data-path heartbeat answered by then
         self.epoch = None  # of the key we send with; None until the peer gave its key id
         self.keyed_at = None  # monotonic time the sending key last changed
+        self.frames_at_key = 0  # frames both ways with the peer when it did
         self.keys = {0: handshake.data}  # epoch -> keys not yet switched to
         self.rx_key_ids = {}  # epoch -> id of the receive key installed for it
         self.rekey = None  # (epoch, Ephemeral) of a rekey this side started
@@ -168,13 +179,14 @@ class ControlPlane:
         self._pushed = {}  # peer_id -> (up, via) last given to the dataplane
         self.timings = Timings(config.down_after)
         self.bad_heartbeats = 0
-        self.suspicions = self.suspects_reported = 0
+        self.suspicions = self.suspects_reported = self.starved_periods = 0
+        self._starved_until = 0.0
         self._ping_seq = 0
         self._tasks = set()
         self._writers = set()
         self._outbox = {}  # gossip entry -> peer id it came from (None: ours)
         self._push_pending = self._routes_pending = False
-        self._routes_at = 0.0
+        self._routes_at = self._own_links_sent = 0.0
         self._next_sync = time.monotonic() + FIRST_SYNC
         # Rounds start at a fixed offset per router, so the mesh's probes do not all go at once.
         self._round_phase = config.peer_id % 1000 / 1000 * self.timings.probe_interval
@@ -454,6 +466,7 @@ class ControlPlane:
             peer.conn = None
             old.close()
         peer.conn, peer.peer_id, peer.name = conn, identity.peer_id, identity.name
+        conn.establish_by = conn.opened + self.config.establish_within
         peer.highest_ping = -1
         if not same_router:
             was_established = peer.state == ESTABLISHED
@@ -487,6 +500,7 @@ class ControlPlane:
         self.dp.set_tx_key(peer.peer_id, key_id, keys.cipher, keys.send)
         first = conn.epoch is None
         conn.epoch, conn.keyed_at = epoch, time.monotonic()
+        conn.frames_at_key = self._frames(peer)
         self._retire_keys(conn, {e for e in conn.rx_key_ids if e < epoch})
         if conn.outbound:  # the client starts every rekey
             self._loop.call_later(self.config.rekey_after, self._start_rekey, peer, conn)
@@ -502,9 +516,18 @@ class ControlPlane:
             key_id = conn.rx_key_ids.pop(epoch)
             self._loop.call_later(protocol.KEY_OVERLAP, self.dp.remove_rx_key, key_id)
 
+    def _frames(self, peer):
+        counters = self.dp.peer_counters().get(peer.peer_id, {})
+        return counters.get("tx_frames", 0) + counters.get("rx_frames", 0)
+
     def _start_rekey(self, peer, conn):
         if peer.conn is not conn or conn.rekey or conn.channel.writer.is_closing():
             return  # the connection was replaced or closed meanwhile
+        if self._frames(peer) == conn.frames_at_key:
+            # As WireGuard: no frames under this key, no new one (only probes used it), so an
+            # idle mesh stays quiet; looked at again soon, so traffic that resumes gets one.
+            self._loop.call_later(self.config.rekey_after / 4, self._start_rekey, peer, conn)
+            return
         epoch = conn.epoch + 1
         conn.rekey = (epoch, protocol.Ephemeral())
         conn.send({"type": "rekey", "epoch": epoch, "public": conn.rekey[1].public})
@@ -586,17 +609,25 @@ class ControlPlane:
                 log.exception("liveness round failed")
                 fast = False
             self._wake.clear()
-            wait = timings.fast_interval if fast else next_round - time.monotonic()
+            wait = max(0.0, timings.fast_interval if fast else next_round - time.monotonic())
+            due = time.monotonic() + wait
             try:
-                await asyncio.wait_for(self._wake.wait(), max(0.0, wait))
+                await asyncio.wait_for(self._wake.wait(), wait)
             except TimeoutError:
-                pass
+                lag = time.monotonic() - due
+                if lag > STARVED_LAG * timings.probe_interval:
+                    # This process did not get the CPU in time: neither did its
+                    # pings' answers. Declare no one failed until it has for a while.
+                    if time.monotonic() > self._starved_until:
+                        self.starved_periods += 1
+                    self._starved_until = time.monotonic() + self.config.down_after
 
     def _round(self, now, round_number):
         down = self.config.down_after
         rx = None
         for peer in list(self.peers):
-            if (not peer.configured and not peer.established_once
+            if (not peer.configured and not peer.established_once and not peer.conn
+                    and not peer.dialing and peer.failures
                     and now - peer.created > self.config.forget_unestablished_after):
                 log.info("%s never got established: dropped from the peer table", peer.label)
                 self._remove(peer)
@@ -664,18 +695,25 @@ class ControlPlane:
     def _fast_round(self, now):
         """Pings to new and suspect peers; whether any are left."""
         busy = False
+        starved = now < self._starved_until
         for peer in list(self.peers):
             conn = peer.conn
             if not conn or conn.legacy:
                 continue
             if peer.state != ESTABLISHED:
-                if conn.epoch is None:
-                    continue
-                if now - conn.opened > self.config.down_after:
+                if starved:
+                    conn.establish_by = max(conn.establish_by, now + self.timings.confirm_for)
+                if now > conn.establish_by:
                     self._drop(peer, self._silence(peer, now))
+                    continue
+                if conn.epoch is None:
                     continue
             elif peer.suspect_since is None:
                 continue
+            elif starved:
+                peer.suspect_deadline = max(peer.suspect_deadline, now + self.timings.confirm_for)
+                if peer.report_at is not None:
+                    peer.report_at = max(peer.report_at, now + self.timings.probe_interval)
             elif now >= peer.suspect_deadline:
                 self._drop(peer, self._silence(peer, now))
                 continue
@@ -695,7 +733,9 @@ class ControlPlane:
     def _silence(self, peer, now):
         down = self.config.down_after
         if peer.state != ESTABLISHED:
-            return f"no answer to data-path heartbeats in {down:g} s (UDP blocked?)"
+            if peer.conn and peer.conn.epoch is None:
+                return f"no session key from it in {now - peer.conn.opened:.1f} s"
+            return f"no answer to data-path heartbeats in {now - peer.conn.opened:.1f} s (UDP blocked?)"
         if peer.suspect_since is None:
             return f"no data-path heartbeat for {down:g} s"
         by = f", after {peer.reported_by} reported it silent" if peer.reported_by else ""
@@ -764,24 +804,28 @@ class ControlPlane:
                     self._set_state(peer, ESTABLISHED)
                     log.info("%s (peer id %d) established, RTT %.2f ms", peer.name, peer.peer_id,
                              peer.rtt * 1000)
-                    self._links_changed()
+                    self._links_changed(established=peer)
                     self._push(("peer", peer.peer_id))
 
     # Membership and routing: link states, announcements and addresses travel
     # as deltas. Each router pushes its own changes to the routers it is
     # connected to, batched over GOSSIP_BATCH; an entry learned from router S
-    # goes on only to those S is not connected to (in a full mesh, nowhere).
+    # goes on to GOSSIP_FANOUT routers that S is not connected to (in a full
+    # mesh, nowhere), so a partial mesh still hears of everything.
     # A new connection gets the sender's own entries and its address book;
     # every SYNC_INTERVAL a digest exchange with one peer repairs the rest.
 
     def _own_links(self):
         return {p.peer_id for p in self.peers if p.state == ESTABLISHED}
 
-    def _links_changed(self):
+    def _links_changed(self, established=None):
         self.link_version += 1
         self.link_states[self.me.peer_id] = {"name": self.me.name, "version": self.link_version,
                                              "links": self._own_links()}
-        self._recompute_routes()  # at once: a peer just established takes frames now
+        if established is not None:  # a direct route at once: it takes frames now
+            self.routes[established.peer_id] = (established.peer_id, 1)
+            self._push_route(established, (True, None))
+        self._schedule_routes()
         self._push(("links", self.me.peer_id))
 
     def _schedule_routes(self):
@@ -800,14 +844,16 @@ class ControlPlane:
         self.routes = {dst: route for dst, route in next_hops(self.me.peer_id, links).items()
                        if not self._is_forgotten(peer_id=dst)}
         for peer in self.peers:
-            if not peer.in_dataplane:
-                continue
             route = self.routes.get(peer.peer_id)
-            wanted = (True, None if route[0] == peer.peer_id else route[0]) if route else (False, None)
-            if self._pushed.get(peer.peer_id) != wanted:
-                self.dp.set_route(peer.peer_id, wanted[1])
-                self.dp.set_peer_up(peer.peer_id, wanted[0])
-                self._pushed[peer.peer_id] = wanted
+            self._push_route(peer, (True, None if route[0] == peer.peer_id else route[0])
+                             if route else (False, None))
+
+    def _push_route(self, peer, wanted):
+        """Gives the dataplane (up, via) for the peer, if that changed."""
+        if peer.in_dataplane and self._pushed.get(peer.peer_id) != wanted:
+            self.dp.set_route(peer.peer_id, wanted[1])
+            self.dp.set_peer_up(peer.peer_id, wanted[0])
+            self._pushed[peer.peer_id] = wanted
 
     # Entries are ("links" | "announced" | "peer", peer id): looked up when sent, so
     # a batch carries the newest version.
@@ -848,26 +894,34 @@ class ControlPlane:
 
     def _flush_pushes(self):
         self._push_pending = False
+        now = time.monotonic()
+        if ("links", self.me.peer_id) in self._outbox and now < self._own_links_sent + OWN_LINKS_HOLD:
+            # Our links change with every peer while a mesh forms: send them once a second.
+            self._outbox.pop(("links", self.me.peer_id))
+            self._loop.call_later(self._own_links_sent + OWN_LINKS_HOLD - now, self._push,
+                                  ("links", self.me.peer_id))
         outbox, self._outbox = self._outbox, {}
-        legacy_full = None
-        for peer in self.peers:
-            conn = peer.conn
-            if not conn:
-                continue
-            if conn.legacy:  # version 2 expects the whole state on every change
-                legacy_full = legacy_full or self._full_gossip()
-                conn.send(legacy_full)
-                continue
-            keys = [key for key, source in outbox.items()
-                    if key[1] != peer.peer_id and self._forward_to(peer.peer_id, source)]
-            self._send_entries(conn, keys)
-
-    def _forward_to(self, pid, source):
-        """Whether an entry that came from `source` (None: our own) should go to `pid`:
-        not back, and not where the source already sends it itself."""
-        if source is None:
-            return True
-        return pid != source and pid not in self.link_states.get(source, {}).get("links", ())
+        if ("links", self.me.peer_id) in outbox:
+            self._own_links_sent = now
+        modern = [p for p in self.peers if p.conn and not p.conn.legacy]
+        to = {p.peer_id: [] for p in modern}
+        for key, source in outbox.items():
+            if source is None:  # ours: to everyone connected
+                targets = [p.peer_id for p in modern if p.peer_id != key[1]]
+            else:  # learned: on to a few that the source does not reach itself
+                reached = self.link_states.get(source, {}).get("links", ())
+                eligible = [p.peer_id for p in modern
+                            if p.peer_id not in (source, key[1]) and p.peer_id not in reached]
+                targets = random.sample(eligible, min(GOSSIP_FANOUT, len(eligible)))
+            for pid in targets:
+                to[pid].append(key)
+        for peer in modern:
+            self._send_entries(peer.conn, to[peer.peer_id])
+        if outbox:
+            legacy_full = self._full_gossip()  # version 2 expects the whole state on every change
+            for peer in self.peers:
+                if peer.conn and peer.conn.legacy:
+                    peer.conn.send(legacy_full)
 
     def _greet(self, conn):
         """What a new connection gets: our own entries and our address book."""
@@ -1053,6 +1107,7 @@ class ControlPlane:
                 "counters": per_peer.get(peer.peer_id, {}),
                 "heartbeats": peer.heartbeats,
                 "session": self._session_status(peer.conn),
+                "suspect": peer.suspect_since is not None,
             })
         return {
             "name": self.me.name, "peer_id": self.me.peer_id, "port": self.config.port,
@@ -1068,6 +1123,14 @@ class ControlPlane:
             "counters": self.dp.counters(),
             "drops": self.dp.drops(),
             "bad_heartbeats": self.bad_heartbeats,
+            "liveness": {
+                "probe_interval_s": round(self.timings.probe_interval, 3),
+                "suspect_now": sum(p.suspect_since is not None for p in self.peers),
+                "suspicions": self.suspicions, "suspects_reported": self.suspects_reported,
+                # rounds this router's own process ran late: it held back failures meanwhile
+                "starved_periods": self.starved_periods,
+                "starved_now": time.monotonic() < self._starved_until,
+            },
             "refused": {reason: self.refused[reason] for reason in REFUSALS},
             "unauthenticated_connections": sum(self.admission.pending.values()),
         }

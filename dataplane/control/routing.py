@@ -11,11 +11,13 @@ def next_hops(self_id: int, links: dict[int, set[int]]) -> dict[int, tuple[int, 
     taken as given, they are this router's own view. Ties between equally
     short paths go to the lowest peer id, so every router decides the same.
     """
+    empty = frozenset()
+
     def neighbours(peer):
-        ends = links.get(peer, ())
+        ends = links.get(peer, empty)
         if peer == self_id:
             return sorted(ends)
-        return sorted(n for n in ends if peer in links.get(n, ()))
+        return sorted([n for n in ends if peer in links.get(n, empty)])
 
     routes = {}
     queue = deque()
