@@ -23,9 +23,22 @@ namespace with its peer placed directly into the other, so names only need to be
 unique per namespace and deleting the namespaces removes every interface.
 
 Netlink work (namespaces, veth, bridges, addresses, neighbours) goes through
-pyroute2 (``IPRoute(netns=...)``, ``pyroute2.netns``), and sockets inside a
-namespace come from ``pyroute2.netns.create_socket``, so tests talk to containers
-and to the router's status API from this process. Two things use a subprocess
+pyroute2 (``IPRoute(netns=...)``, ``pyroute2.netns``). Sockets inside a namespace
+are made by one helper thread that enters the namespace with setns(2), creates the
+socket and returns to its own namespace (no fork per socket, so polling the status
+API of 64 routers costs next to nothing; pyroute2's ``create_socket``, which forks,
+is the fallback), so tests talk to containers and to the router's status API from
+this process.
+
+Scale: the kernel's neighbour (ARP) table is shared by all namespaces and, past
+``net.ipv4.neigh.default.gc_thresh3`` (1024) entries that may be collected, refuses
+new ones ("neighbour table overflow"): 64 hosts that all talk to each other need
+64 x 63 of them. So with more than `STATIC_NEIGHBOURS_ABOVE` hosts (or
+``static_neighbours=True``) every host gets a permanent ARP entry for every other
+host's underlay address; permanent entries are exempt from that limit and no
+global setting is changed. Names stay short whatever the host count (``h64``,
+``vc12``: interface names are at most 15 bytes), and the switch bridge takes up to
+1024 ports. Two things use a subprocess
 instead, because they are one-liners there and awkward in netlink: sysctls (written
 with ``sysctl`` under ``nsenter``, since /proc/sys/net shows the namespace of the
 opening task) and programs run in a namespace (``nsenter --net=/run/netns/NAME``,
@@ -37,7 +50,9 @@ SIGTERM to each group, SIGKILL after a grace period, kills anything else still i
 the testbed's namespaces, and removes the namespaces. `remove_leftovers(prefix)`
 does the same for namespaces left behind by a process that died.
 """
+import ctypes
 import dataclasses
+import errno as errno_module
 import hashlib
 import http.client
 import ipaddress
@@ -53,6 +68,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pyroute2 import IPRoute, netns
@@ -67,6 +83,9 @@ ROUTER_PORT = 6783
 STATUS_PORT = 6784
 IPV6_MIN_MTU = 1280
 IFA_F_NODAD = 0x02  # the address is usable at once, no duplicate-address detection wait
+NUD_PERMANENT = 0x80
+CLONE_NEWNET = 0x40000000
+STATIC_NEIGHBOURS_ABOVE = 8  # hosts; see "Scale" above
 
 _serial = itertools.count()
 _PREFIX_OWNER = re.compile(r"^[a-z]+(\d+)n\d+-")
@@ -84,6 +103,50 @@ def netns_available():
     if shutil.which("nsenter") is None:
         return "needs nsenter (util-linux)"
     return None
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_netns_thread = None
+_netns_thread_lock = threading.Lock()
+
+
+def _setns(fd):
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"setns: {os.strerror(errno)}")
+
+
+def _socket_in(path, family, type, proto):
+    """Runs in the helper thread only: a socket made inside the namespace at `path`."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(path, os.O_RDONLY)
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+        try:
+            return socket.socket(family, type, proto)
+        finally:
+            _setns(own)  # cannot fail: we came from there
+    finally:
+        os.close(own)
+
+
+def netns_socket(ns_name, family=socket.AF_INET, type=socket.SOCK_DGRAM, proto=0):
+    """A socket inside namespace `ns_name`, made without forking (see the module
+    docstring). The calling thread never changes namespace: a helper thread does."""
+    global _netns_thread
+    with _netns_thread_lock:
+        if _netns_thread is None:
+            _netns_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="testbed-netns")
+    try:
+        return _netns_thread.submit(_socket_in, str(NETNS_DIR / ns_name), family, type, proto).result()
+    except OSError as e:
+        if e.errno in (errno_module.ENOENT, errno_module.EMFILE, errno_module.ENFILE):
+            raise
+        # setns refused (a seccomp filter, an old kernel): pyroute2 forks a child for it
+        return netns.create_socket(ns_name, family, type, proto, flags=0)
 
 
 def nsenter_argv(ns_name):
@@ -195,9 +258,14 @@ class Testbed:
     """
 
     def __init__(self, hosts=2, containers_per_host=0, underlay_mtu=1500, overlay_mtu=None,
-                 prefix=None, bridge="weavefast"):
+                 prefix=None, bridge="weavefast", static_neighbours=None):
+        """`static_neighbours`: permanent ARP entries between the hosts' underlay
+        addresses (default: with more than STATIC_NEIGHBOURS_ABOVE hosts)."""
         if hosts < 1:
             raise ValueError("a testbed needs at least one host")
+        if static_neighbours is None:
+            static_neighbours = hosts > STATIC_NEIGHBOURS_ABOVE
+        self.static_neighbours = static_neighbours
         self.prefix = prefix or unique_prefix()
         self.underlay_mtu = underlay_mtu
         self.overlay_mtu = overlay_mtu or underlay_mtu - ENCAP_OVERHEAD
@@ -248,13 +316,23 @@ class Testbed:
                 self._veth(self.switch_netns, host.name, host.netns, "ul0", self.underlay_mtu)
                 with IPRoute(netns=self.switch_netns) as ipr:
                     ipr.link("set", index=ipr.link_lookup(ifname=host.name)[0], master=switch_index)
+        underlay_macs = {}
         for host in self.hosts:
             with IPRoute(netns=host.netns) as ipr:
                 if count > 1:
-                    ipr.addr("add", index=ipr.link_lookup(ifname="ul0")[0],
-                             address=host.underlay_ip, prefixlen=UNDERLAY_NET.prefixlen)
+                    index = ipr.link_lookup(ifname="ul0")[0]
+                    ipr.addr("add", index=index, address=host.underlay_ip,
+                             prefixlen=UNDERLAY_NET.prefixlen)
+                    underlay_macs[host.underlay_ip] = ipr.get_links(index)[0].get("address")
                 ipr.link("add", ifname=self.bridge, kind="bridge")
                 ipr.link("set", index=ipr.link_lookup(ifname=self.bridge)[0], state="up")
+        if self.static_neighbours and count > 1:
+            for host in self.hosts:
+                with IPRoute(netns=host.netns) as ipr:
+                    index = ipr.link_lookup(ifname="ul0")[0]
+                    for ip, mac in underlay_macs.items():
+                        if ip != host.underlay_ip:
+                            ipr.neigh("add", dst=ip, lladdr=mac, ifindex=index, state=NUD_PERMANENT)
 
     @staticmethod
     def _veth(ns_a, name_a, ns_b, name_b, mtu):
@@ -366,7 +444,7 @@ class Testbed:
 
     def socket(self, node, family=socket.AF_INET, type=socket.SOCK_DGRAM, proto=0):
         """A socket living in `node`'s namespace (usable from this process)."""
-        return netns.create_socket(self._ns(node), family, type, proto, flags=0)
+        return netns_socket(self._ns(node), family, type, proto)
 
     # -- router status ------------------------------------------------------------
 
