@@ -40,9 +40,15 @@ For reuse (the store-based variant, other liveness settings): `router_args` go t
 every router; `router_args_for(host)` adds per-host ones; `join=False` starts
 routers without any `--peer` (they must find each other through a store given in
 the args); `before_routers(tb)` runs once the namespaces exist, before any router
-(to start an etcd in a namespace, say); `idle_window`, `settle`,
-`converge_timeout`, `poll_interval` and the container placement are parameters of
-`measure_scale`.
+(to start an etcd in a namespace, say); `on_converged(tb, results)` runs with the
+whole mesh up, before the idle window (to profile the routers); `save_logs` keeps
+the routers' output; `idle_window`, `settle`, `converge_timeout`, `poll_interval`
+and the container placement are parameters of `measure_scale`. From the command
+line: `--router-args`, `--no-join`, `--idle-window`, `--converge-timeout`,
+`--poll-interval`, `--containers`, `--logs`, `--json`.
+
+Status fields this relies on, and nothing else of the router: `peers[].name`,
+`.state` ("established") and `.since` (the time of the last state change).
 """
 import concurrent.futures
 import contextlib
@@ -52,6 +58,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import signal
 import statistics
@@ -80,7 +87,7 @@ class FlapCounter:
     """Counts peers leaving "established", from successive status snapshots."""
 
     def __init__(self):
-        self._since = {}   # (router, peer) -> `since` of its established state, or None
+        self._up = {}      # (router, peer) -> ("up", `since` of its established state) or None
         self.events = []   # (monotonic time seen, router, peer, what)
 
     def observe(self, router, status, expected, seen_at):
@@ -96,17 +103,17 @@ class FlapCounter:
                 current[name] = (peer.get("state"), None, peer.get("last_error"))
         for name in expected:
             key = (router, name)
-            before = self._since.get(key)
+            before = self._up.get(key)
             state, since, error = current.get(name, ("gone", None, None))
             if state == ESTABLISHED:
-                if before is not None and since != before:
+                if before is not None and None not in (since, before[1]) and since != before[1]:
                     self.events.append((seen_at, router, name, "re-established"))
-                self._since[key] = since
+                self._up[key] = ("up", since)
             else:
                 if before is not None:
                     self.events.append((seen_at, router, name,
                                         f"{state}: {error}" if error else state))
-                self._since[key] = None
+                self._up[key] = None
 
     def count(self, after=None):
         return sum(1 for t, *_ in self.events if after is None or t > after)
@@ -155,6 +162,11 @@ def cpu_seconds(pid):
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _own_cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def rss_mb(pid):
@@ -227,12 +239,20 @@ def _summary(values):
 # -- the measurement ----------------------------------------------------------------------
 
 def measure_scale(hosts, *, containers_on=3, containers_per_host=2, router_args=(),
-                  router_args_for=None, join=True, before_routers=None, idle_window=20.0,
-                  settle=2.0, converge_timeout=120.0, poll_interval=0.5, static_neighbours=True,
-                  prefix=None, log=print):
+                  router_args_for=None, join=True, before_routers=None, on_converged=None,
+                  idle_window=20.0, settle=2.0, converge_timeout=120.0, poll_interval=0.5,
+                  static_neighbours=True, prefix=None, save_logs=None, log=print):
     """Builds the testbed, starts the routers, measures (see the module docstring),
     tears everything down (also on failure or a signal raised as an exception);
-    returns the figures as a dict."""
+    returns the figures as a dict.
+
+    Hooks, for reuse: `router_args` go to every router, `router_args_for(host)` adds
+    that host's own; `join=False` leaves out `--peer` (routers that meet through a
+    store in their args); `before_routers(tb)` runs before the first router starts;
+    `on_converged(tb, results)` once the wait for convergence is over (converged or
+    not, `results["converged"]` says), before the idle window, with every router
+    running (to profile them, say). `save_logs`: a directory that gets each router's
+    output (`h1.log`, ...) before the testbed goes."""
     if hosts < 2:
         raise ValueError("a scale run needs at least 2 hosts")
     neighbour_limits = (contextlib.nullcontext() if static_neighbours
@@ -252,14 +272,25 @@ def measure_scale(hosts, *, containers_on=3, containers_per_host=2, router_args=
             if before_routers:
                 before_routers(tb)
             poller = StatusPoller(tb)
+            opts = dict(router_args=router_args, router_args_for=router_args_for, join=join,
+                        on_converged=on_converged, idle_window=idle_window, settle=settle,
+                        converge_timeout=converge_timeout, poll_interval=poll_interval, log=log)
             try:
-                results = _measure_in(tb, poller, router_args, router_args_for, join, idle_window,
-                                      settle, converge_timeout, poll_interval, log)
+                results = _measure_in(tb, poller, **opts)
             finally:
                 poller.close()
+                if save_logs:
+                    _save_logs(tb, Path(save_logs))
             results["testbed_build_s"] = built_s
             results["static_neighbours"] = static_neighbours
             return results
+
+
+def _save_logs(tb, directory):
+    directory.mkdir(parents=True, exist_ok=True)
+    for host in tb.hosts:
+        if host.router:
+            (directory / f"{host.name}.log").write_text(host.router.output())
 
 
 def _router_argv(tb, host, router_args, router_args_for):
@@ -274,8 +305,8 @@ def _check_alive(tb):
                          f"{h.router.output()[-2000:]}")
 
 
-def _measure_in(tb, poller, router_args, router_args_for, join, idle_window, settle,
-                converge_timeout, poll_interval, log):
+def _measure_in(tb, poller, *, router_args, router_args_for, join, on_converged, idle_window,
+                settle, converge_timeout, poll_interval, log):
     n = len(tb.hosts)
     first = tb.hosts[0]
     expected = {h.name: {o.netns for o in tb.hosts if o is not h} for h in tb.hosts}
@@ -298,6 +329,7 @@ def _measure_in(tb, poller, router_args, router_args_for, join, idle_window, set
         tb.start_router(host, peers=[first] if join else [],
                         extra_args=_router_argv(tb, host, router_args, router_args_for), wait=False)
     last_start = time.monotonic()
+    harness_cpu_before = _own_cpu_seconds()
     last_start_wall = time.time() - (time.monotonic() - last_start)
     results["first_router_ready_s"] = first_ready - t0
     results["started_in_s"] = last_start - first_ready
@@ -375,7 +407,15 @@ def _measure_in(tb, poller, router_args, router_args_for, join, idle_window, set
     results["status_polls"] = poller.requests
     results["status_poll_failures"] = poller.failures
     results["cpu_s_when_ready"] = _summary(startup_cpu.values())
-    results["cpu_s_at_convergence"] = _summary(cpu_seconds(h.router.pid) for h in tb.hosts)
+    results["cpu_s_after_wait"] = _summary(cpu_seconds(h.router.pid) for h in tb.hosts)
+    # what the harness itself cost while it polled (it must not be what loads the machine)
+    harness_cpu = _own_cpu_seconds() - harness_cpu_before
+    results["harness"] = {"cpu_s_during_wait": harness_cpu,
+                          "cpu_percent_during_wait": 100 * harness_cpu / (time.monotonic() - last_start),
+                          "open_fds": len(os.listdir("/proc/self/fd"))}
+    results["established_per_host"] = counts
+    if on_converged:
+        on_converged(tb, results)
     converged_mark = time.monotonic()
 
     # -- idle
@@ -444,6 +484,10 @@ def add_arguments(p):
                         "in --router-args)")
     g.add_argument("--containers", default="3x2", metavar="HOSTSxPER_HOST",
                    help="containers: on how many hosts, how many each (default %(default)s)")
+    g.add_argument("--poll-interval", type=float, default=0.5, metavar="SECONDS",
+                   help="status polling while waiting for the mesh (default %(default)s)")
+    g.add_argument("--logs", metavar="DIR",
+                   help="keep every router's output in DIR/<hosts>/h<i>.log")
 
 
 def parse_sizes(text):
@@ -456,13 +500,25 @@ def parse_sizes(text):
     return sizes
 
 
+def parse_containers(text):
+    """'3x2' -> (3, 2): on how many hosts, how many containers each."""
+    match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", text.lower())
+    if not match:
+        raise ValueError(f"--containers {text!r}: give HOSTSxPER_HOST, e.g. 3x2")
+    return int(match[1]), int(match[2])
+
+
 def run(args, interrupted_type=KeyboardInterrupt):
     """`weavefast bench --scale ...`; `interrupted_type` is the exception bench's
     signal handler raises."""
     try:
         sizes = parse_sizes(args.scale)
-        on, per_host = (int(x) for x in args.containers.lower().split("x"))
+        on, per_host = parse_containers(args.containers)
         router_args = shlex.split(args.router_args)
+        if min(on, per_host) < 0 or args.idle_window <= 0 or args.poll_interval <= 0 \
+                or args.converge_timeout <= 0:
+            raise ValueError("--containers, --idle-window, --poll-interval and --converge-timeout "
+                             "must be positive")
     except ValueError as e:
         print(f"weavefast bench: {e}", file=sys.stderr)
         return 2
@@ -483,7 +539,9 @@ def run(args, interrupted_type=KeyboardInterrupt):
                 results["runs"].append(measure_scale(
                     n, containers_on=on, containers_per_host=per_host, router_args=router_args,
                     join=not args.no_join, idle_window=args.idle_window,
-                    converge_timeout=args.converge_timeout, log=lambda m: print(m, flush=True)))
+                    converge_timeout=args.converge_timeout, poll_interval=args.poll_interval,
+                    save_logs=Path(args.logs) / str(n) if args.logs else None,
+                    log=lambda m: print(m, flush=True)))
             except (ScaleError, OSError, RuntimeError, TimeoutError) as e:
                 print(f"{n} hosts: FAILED: {e}", file=sys.stderr)
                 results["errors"][str(n)] = f"{type(e).__name__}: {e}"

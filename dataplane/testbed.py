@@ -263,6 +263,9 @@ class Testbed:
         addresses (default: with more than STATIC_NEIGHBOURS_ABOVE hosts)."""
         if hosts < 1:
             raise ValueError("a testbed needs at least one host")
+        if hosts > UNDERLAY_NET.num_addresses - 2:
+            raise ValueError(f"at most {UNDERLAY_NET.num_addresses - 2} hosts: one underlay "
+                             f"address each in {UNDERLAY_NET}")
         if static_neighbours is None:
             static_neighbours = hosts > STATIC_NEIGHBOURS_ABOVE
         self.static_neighbours = static_neighbours
@@ -347,6 +350,9 @@ class Testbed:
     def add_container(self, host):
         """A container namespace on `host`, its eth0 bridged into the host's overlay bridge."""
         n = len(self.containers) + 1
+        if n > OVERLAY_NET4.num_addresses - 2:
+            raise ValueError(f"at most {OVERLAY_NET4.num_addresses - 2} containers: one address "
+                             f"each in {OVERLAY_NET4}")
         name = f"c{n}"
         ns = self._new_netns(name)
         # no router solicitations: nothing answers them, they would only be flooded

@@ -6,11 +6,16 @@ every container reaches every other, no router grows past 64 MB, and no link fla
 while the mesh is idle. The figures are printed (`pytest -s`) for a human to read.
 """
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from dataplane import scale, testbed
 
+REPO = Path(__file__).resolve().parent.parent
 HOSTS = int(os.environ.get("WEAVEFAST_SCALE_HOSTS", "16"))
 CONVERGE_BOUND_S = float(os.environ.get("WEAVEFAST_SCALE_CONVERGE_S", "60"))
 IDLE_WINDOW_S = float(os.environ.get("WEAVEFAST_SCALE_IDLE_S", "10"))
@@ -95,3 +100,31 @@ def test_scale_sizes_are_checked():
         scale.parse_sizes("1")
     with pytest.raises(ValueError):
         scale.parse_sizes("many")
+
+
+@pytest.mark.root
+def test_ctrl_c_removes_everything(tmp_path):
+    reason = testbed.netns_available()
+    if reason:
+        pytest.skip(reason)
+    proc = subprocess.Popen([sys.executable, "-m", "dataplane", "bench", "--scale", "4",
+                             "--idle-window", "60", "--json", str(tmp_path / "scale.json")],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    prefix = f"{scale.PREFIX_BASE}{proc.pid}n"
+    try:
+        output = []
+        for line in proc.stdout:  # interrupted while the routers run
+            output.append(line)
+            if "measuring" in line:
+                break
+        assert testbed.leftovers(prefix)["namespaces"], "".join(output)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        left = testbed.leftovers(prefix)
+        testbed.remove_leftovers(prefix)
+    assert proc.returncode == 128 + signal.SIGINT, "".join(output) + rest
+    assert "interrupted; everything removed" in rest
+    assert not any(left.values()), f"left behind: {left}"
+    assert not (tmp_path / "scale.json").exists()
