@@ -23,12 +23,16 @@ learned through the mesh. Then:
 - memory: each router's VmRSS at the end of the window, max and mean;
 - pings: every ordered pair of containers (2 pings each, 10 s deadline), ok / total;
 - flaps: how many times a router saw a peer leave "established" during the run,
-  summed over routers; `idle` counts those first seen after convergence. Each
-  status poll compares every peer's state and `since` with the previous poll: an
-  established peer whose `since` changed (left and came back between two polls),
-  or one no longer established, or gone from the table, is one flap. It needs no
-  log format and misses nothing between polls, except several flaps of the same
-  link between two polls, which count as one.
+  summed over routers, from two sources, each a lower bound (the larger is
+  reported). Status polls: every poll compares each peer's state and `since` with
+  the previous poll of that router; an established peer whose `since` changed (it
+  left and came back between two polls), one no longer established, or one gone
+  from the table, is one flap. This needs no log format and misses no flap of a
+  link after it first saw it established (several flaps of one link between two
+  polls count as one), but cannot see what happened before. The routers' logs
+  (they run with `-v`): a peer's "established" lines beyond the first. `idle`
+  counts the flaps polling first saw after convergence; that is complete, since
+  every router was polled with every peer up at convergence.
 
 The neighbour table: the testbed gives every host permanent ARP entries for every
 other host (see `dataplane.testbed`), which the kernel's global limit
@@ -121,6 +125,22 @@ class FlapCounter:
     def examples(self, after=None, limit=10):
         return [f"{router}: {peer} {what}" for t, router, peer, what in self.events
                 if after is None or t > after][:limit]
+
+
+ESTABLISHED_LINE = re.compile(r"^weavefast: (\S+) \(peer id \d+\) established", re.M)
+
+
+def reestablished_in_logs(outputs):
+    """Links that came up again, from the routers' `-v` log lines ("NAME (peer id N)
+    established", one per link coming up): per router, such lines beyond the first for
+    each peer, summed. None when no router logged any such line (not run with -v, or
+    the line's wording changed), rather than a 0 that would mean no flap."""
+    total, matched = 0, False
+    for output in outputs.values():
+        names = ESTABLISHED_LINE.findall(output)
+        matched = matched or bool(names)
+        total += len(names) - len(set(names))
+    return total if matched else None
 
 
 def established_names(status):
@@ -294,7 +314,8 @@ def _save_logs(tb, directory):
 
 
 def _router_argv(tb, host, router_args, router_args_for):
-    return list(router_args) + list(router_args_for(host) if router_args_for else ())
+    # -v: the routers log each link coming up, which the flap count reads as well
+    return ["-v", *router_args, *(router_args_for(host) if router_args_for else ())]
 
 
 def _check_alive(tb):
@@ -457,10 +478,13 @@ def _measure_in(tb, poller, *, router_args, router_args_for, join, on_converged,
     for host, status, at in poller.fetch(tb.hosts):
         if status is not None:
             flaps.observe(host.name, status, expected[host.name], at)
-    results["flaps"] = {"total": flaps.count(), "idle": idle_flaps,
-                        "before_convergence": flaps.count() - flaps.count(after=converged_mark),
-                        "examples": flaps.examples()}
-    log(f"{n} hosts: pings {results['pings']['ok']}/{len(pairs)}, flaps {flaps.count()} "
+    from_logs = reestablished_in_logs({h.name: h.router.output() for h in tb.hosts})
+    total = max(flaps.count(), from_logs or 0)
+    results["flaps"] = {"total": total, "idle": idle_flaps, "seen_by_polling": flaps.count(),
+                        "seen_by_polling_before_convergence":
+                            flaps.count() - flaps.count(after=converged_mark),
+                        "reestablished_in_logs": from_logs, "examples": flaps.examples()}
+    log(f"{n} hosts: pings {results['pings']['ok']}/{len(pairs)}, flaps {total} "
         f"({idle_flaps} while idle)")
     return results
 

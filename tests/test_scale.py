@@ -86,6 +86,15 @@ def test_flap_counter_sees_a_link_that_left_and_came_back():
     assert counter.examples()[1] == "a: b failed: no heartbeat"
 
 
+def test_log_lines_count_links_that_came_up_again():
+    line = "weavefast: {} (peer id 7) established, RTT 1.00 ms\n"
+    outputs = {"h1": line.format("x-h2") + "weavefast: x-h2: control connection lost\n"
+                     + line.format("x-h2") + line.format("x-h3"),
+               "h2": line.format("x-h1")}
+    assert scale.reestablished_in_logs(outputs) == 1
+    assert scale.reestablished_in_logs({"h1": "weavefast: something else\n"}) is None
+
+
 def test_containers_are_spread_over_first_middle_and_last_host():
     class Tb:
         hosts = list(range(1, 17))
