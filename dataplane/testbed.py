@@ -310,20 +310,24 @@ class Testbed:
         if count == 2:
             self._veth(self.hosts[0].netns, "ul0", self.hosts[1].netns, "ul0", self.underlay_mtu)
         elif count > 2:
+            # one netlink session in the switch for every port (each session in a
+            # namespace costs pyroute2 a fork); the host ends come up below
             self.switch_netns = self._new_netns("sw")
             with IPRoute(netns=self.switch_netns) as ipr:
                 ipr.link("add", ifname="ul", kind="bridge", mtu=self.underlay_mtu)
                 switch_index = ipr.link_lookup(ifname="ul")[0]
                 ipr.link("set", index=switch_index, state="up")
-            for host in self.hosts:
-                self._veth(self.switch_netns, host.name, host.netns, "ul0", self.underlay_mtu)
-                with IPRoute(netns=self.switch_netns) as ipr:
-                    ipr.link("set", index=ipr.link_lookup(ifname=host.name)[0], master=switch_index)
+                for host in self.hosts:
+                    ipr.link("add", ifname=host.name, kind="veth", mtu=self.underlay_mtu,
+                             peer={"ifname": "ul0", "net_ns_fd": host.netns, "mtu": self.underlay_mtu})
+                    ipr.link("set", index=ipr.link_lookup(ifname=host.name)[0], master=switch_index,
+                             state="up")
         underlay_macs = {}
         for host in self.hosts:
             with IPRoute(netns=host.netns) as ipr:
                 if count > 1:
                     index = ipr.link_lookup(ifname="ul0")[0]
+                    ipr.link("set", index=index, state="up")
                     ipr.addr("add", index=index, address=host.underlay_ip,
                              prefixlen=UNDERLAY_NET.prefixlen)
                     underlay_macs[host.underlay_ip] = ipr.get_links(index)[0].get("address")
