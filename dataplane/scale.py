@@ -9,11 +9,13 @@ learned through the mesh. Then:
 
 - convergence: seconds from the last router's start until every router's status
   shows all N-1 others "established". Statuses are polled every `poll_interval`
-  (0.5 s), with 2-second timeouts, and only from the routers not yet complete, so
-  that polling 64 routers does not itself load the machine; once all were seen
-  complete, one round over all confirms it. The figure is taken from the routers'
-  own clocks: the latest `since` of an established peer in that confirming round
-  (the moment the last link came up), not from the polling rounds. Without
+  (0.5 s), with 2-second timeouts, 4 at a time, only from the routers not yet
+  complete, and at most `max_polls_per_s` (32) a second in all: a status of 63
+  peers is about 40 KB and costs its router a few ms of CPU, so polling 64 routers
+  flat out would itself load a 2-core machine. Once all were seen complete, one
+  round over all confirms it. The figure is taken from the routers' own clocks:
+  the latest `since` of an established peer in that confirming round (the moment
+  the last link came up), so it does not depend on how often polls come. Without
   convergence within `converge_timeout`: the min / median / max of established
   peers per router;
 - idle, over `idle_window` seconds starting `settle` seconds after convergence:
@@ -261,6 +263,7 @@ def _summary(values):
 def measure_scale(hosts, *, containers_on=3, containers_per_host=2, router_args=(),
                   router_args_for=None, join=True, before_routers=None, on_converged=None,
                   idle_window=20.0, settle=2.0, converge_timeout=120.0, poll_interval=0.5,
+                  max_polls_per_s=32,
                   static_neighbours=True, prefix=None, save_logs=None, log=print):
     """Builds the testbed, starts the routers, measures (see the module docstring),
     tears everything down (also on failure or a signal raised as an exception);
@@ -294,7 +297,8 @@ def measure_scale(hosts, *, containers_on=3, containers_per_host=2, router_args=
             poller = StatusPoller(tb)
             opts = dict(router_args=router_args, router_args_for=router_args_for, join=join,
                         on_converged=on_converged, idle_window=idle_window, settle=settle,
-                        converge_timeout=converge_timeout, poll_interval=poll_interval, log=log)
+                        converge_timeout=converge_timeout, poll_interval=poll_interval,
+                        max_polls_per_s=max_polls_per_s, log=log)
             try:
                 results = _measure_in(tb, poller, **opts)
             finally:
@@ -327,7 +331,7 @@ def _check_alive(tb):
 
 
 def _measure_in(tb, poller, *, router_args, router_args_for, join, on_converged, idle_window,
-                settle, converge_timeout, poll_interval, log):
+                settle, converge_timeout, poll_interval, max_polls_per_s, log):
     n = len(tb.hosts)
     first = tb.hosts[0]
     expected = {h.name: {o.netns for o in tb.hosts if o is not h} for h in tb.hosts}
@@ -405,7 +409,8 @@ def _measure_in(tb, poller, *, router_args, router_args_for, join, on_converged,
             log(f"{n} hosts: after {now - last_start:.0f} s, {n - len(pending)} of {n} routers "
                 f"see every peer established")
             next_report = now + 10
-        time.sleep(max(0.0, poll_interval - (time.monotonic() - round_start)))
+        period = max(poll_interval, len(targets) / max_polls_per_s)
+        time.sleep(max(0.0, period - (time.monotonic() - round_start)))
 
     results["converged"] = converged
     results["ready_after_s"] = (max(ready_at.values()) - last_start) if len(ready_at) == n else None
@@ -426,6 +431,7 @@ def _measure_in(tb, poller, *, router_args, router_args_for, join, on_converged,
     results["established_peers"] = {"min": values[0], "median": statistics.median(values),
                                     "max": values[-1], "wanted": n - 1}
     results["status_polls"] = poller.requests
+    results["status_polls_per_s"] = poller.requests / max(1e-3, time.monotonic() - last_start)
     results["status_poll_failures"] = poller.failures
     results["cpu_s_when_ready"] = _summary(startup_cpu.values())
     results["cpu_s_after_wait"] = _summary(cpu_seconds(h.router.pid) for h in tb.hosts)
@@ -618,5 +624,7 @@ def format_table(results):
                  f"host's underlay link, CPU in % of one core; {results['cpus']} CPUs, load average "
                  f"{results['load_average_before'][0]:.2f} before, "
                  f"{results['load_average_after'][0]:.2f} after")
-    lines += [f"{n} hosts: FAILED: {error.splitlines()[0]}" for n, error in results["errors"].items()]
+    for n, error in results["errors"].items():
+        first, *rest = [line for line in error.splitlines() if line.strip()] or [""]
+        lines.append(f"{n} hosts: FAILED: {first}{' ... ' + rest[-1].strip() if rest else ''}")
     return "\n".join(lines)
