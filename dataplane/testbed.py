@@ -28,7 +28,11 @@ are made by one helper thread that enters the namespace with setns(2), creates t
 socket and returns to its own namespace (no fork per socket, so polling the status
 API of 64 routers costs next to nothing; pyroute2's ``create_socket``, which forks,
 is the fallback), so tests talk to containers and to the router's status API from
-this process.
+this process. Two things use a subprocess instead, because they are one-liners
+there and awkward in netlink: sysctls (written with ``sysctl`` under ``nsenter``,
+since /proc/sys/net shows the namespace of the opening task) and programs run in a
+namespace (``nsenter --net=/run/netns/NAME``, which, unlike ``ip netns exec``, leaves
+/sys and the cgroup mounts alone).
 
 Scale: the kernel's neighbour (ARP) table is shared by all namespaces and, past
 ``net.ipv4.neigh.default.gc_thresh3`` (1024) entries that may be collected, refuses
@@ -37,12 +41,9 @@ new ones ("neighbour table overflow"): 64 hosts that all talk to each other need
 ``static_neighbours=True``) every host gets a permanent ARP entry for every other
 host's underlay address; permanent entries are exempt from that limit and no
 global setting is changed. Names stay short whatever the host count (``h64``,
-``vc12``: interface names are at most 15 bytes), and the switch bridge takes up to
-1024 ports. Two things use a subprocess
-instead, because they are one-liners there and awkward in netlink: sysctls (written
-with ``sysctl`` under ``nsenter``, since /proc/sys/net shows the namespace of the
-opening task) and programs run in a namespace (``nsenter --net=/run/netns/NAME``,
-which, unlike ``ip netns exec``, leaves /sys and the cgroup mounts alone).
+``vc12``: interface names are at most 15 bytes); the addresses (a /24 each for
+the underlay and the containers) allow 254 hosts and 254 containers, the switch
+bridge 1024 ports.
 
 Processes started in a namespace get their own process group; `Testbed.close()`
 (idempotent, also run by the context manager and when construction fails) sends
