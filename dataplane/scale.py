@@ -263,8 +263,8 @@ def _summary(values):
 def measure_scale(hosts, *, containers_on=3, containers_per_host=2, router_args=(),
                   router_args_for=None, join=True, before_routers=None, on_converged=None,
                   idle_window=20.0, settle=2.0, converge_timeout=120.0, poll_interval=0.5,
-                  max_polls_per_s=32,
-                  static_neighbours=True, prefix=None, save_logs=None, log=print):
+                  max_polls_per_s=32, static_neighbours=True, prefix=None, save_logs=None,
+                  log=print):
     """Builds the testbed, starts the routers, measures (see the module docstring),
     tears everything down (also on failure or a signal raised as an exception);
     returns the figures as a dict.
