@@ -34,6 +34,9 @@ underlay MTU 9000 and 1280, a TAP created by the operator with `--mtu 1400`,
 `--workers 2`), each against kernel VXLAN and direct in the same run, and ends
 with one table of weavefast's ratios to kernel VXLAN per variant.
 
+`--scale N[,N...]` measures something else: how a mesh of N routers converges and
+idles (see `dataplane.scale`).
+
 Results: a table (each figure also as a ratio to kernel VXLAN), JSON, and a PNG
 chart when matplotlib is installed. Every namespace and process is removed at the
 end, also on failure, Ctrl-C or SIGTERM.
@@ -54,7 +57,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from dataplane import testbed
+from dataplane import scale, testbed
 from dataplane.router import OFFLOAD_FLAGS
 
 SYSTEMS = ("weavefast", "weavefast-sealed", "vxlan", "direct")
@@ -140,17 +143,22 @@ def add_arguments(p) -> None:
     p.add_argument("--matrix", nargs="?", const=",".join(VARIANT_NAMES), metavar="LIST",
                    help="measure over host variants (all, or a comma-separated list of: "
                         f"{', '.join(VARIANT_NAMES)}) and print weavefast's ratios to kernel VXLAN per variant")
-    p.add_argument("--json", default="bench-results/bench.json", metavar="PATH",
-                   help="where to write the results (default %(default)s)")
+    p.add_argument("--json", metavar="PATH",
+                   help="where to write the results (default bench-results/bench.json, "
+                        f"with --scale {scale.DEFAULT_JSON})")
     p.add_argument("--png", default="bench-results/bench.png", metavar="PATH",
                    help="where to draw the chart, needs matplotlib (default %(default)s)")
     p.add_argument("--workers", type=int, default=1, help="passed to each weavefast router (default 1)")
     for flag in OFFLOAD_FLAGS:
         option = f"--no-{flag.replace('_', '-')}"
         p.add_argument(option, dest=f"no_{flag}", action="store_true", help="passed to each weavefast router")
+    scale.add_arguments(p)
 
 
 def run(args) -> int:
+    if args.scale:
+        return run_scale(args)
+    args.json = args.json or "bench-results/bench.json"
     try:
         systems = _parse_only(args.only)
         variants = _parse_matrix(args.matrix) if args.matrix else [DEFAULT]
@@ -233,6 +241,18 @@ def run(args) -> int:
     if not args.matrix:
         draw_chart_or_explain(results, Path(args.png))
     return 1 if results["errors"] else 0
+
+
+def run_scale(args) -> int:
+    """`--scale N[,N...]` (dataplane.scale), with the same clean-up on a signal."""
+    previous_handlers = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return scale.run(args, interrupted_type=_Interrupted)
+    except _Interrupted as e:
+        return 128 + e.signum
+    finally:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
 
 
 def _parse_matrix(text):

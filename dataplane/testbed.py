@@ -23,13 +23,27 @@ namespace with its peer placed directly into the other, so names only need to be
 unique per namespace and deleting the namespaces removes every interface.
 
 Netlink work (namespaces, veth, bridges, addresses, neighbours) goes through
-pyroute2 (``IPRoute(netns=...)``, ``pyroute2.netns``), and sockets inside a
-namespace come from ``pyroute2.netns.create_socket``, so tests talk to containers
-and to the router's status API from this process. Two things use a subprocess
-instead, because they are one-liners there and awkward in netlink: sysctls (written
-with ``sysctl`` under ``nsenter``, since /proc/sys/net shows the namespace of the
-opening task) and programs run in a namespace (``nsenter --net=/run/netns/NAME``,
-which, unlike ``ip netns exec``, leaves /sys and the cgroup mounts alone).
+pyroute2 (``IPRoute(netns=...)``, ``pyroute2.netns``). Sockets inside a namespace
+are made by one helper thread that enters the namespace with setns(2), creates the
+socket and returns to its own namespace (no fork per socket, so polling the status
+API of 64 routers costs next to nothing; pyroute2's ``create_socket``, which forks,
+is the fallback), so tests talk to containers and to the router's status API from
+this process. Two things use a subprocess instead, because they are one-liners
+there and awkward in netlink: sysctls (written with ``sysctl`` under ``nsenter``,
+since /proc/sys/net shows the namespace of the opening task) and programs run in a
+namespace (``nsenter --net=/run/netns/NAME``, which, unlike ``ip netns exec``, leaves
+/sys and the cgroup mounts alone).
+
+Scale: the kernel's neighbour (ARP) table is shared by all namespaces and, past
+``net.ipv4.neigh.default.gc_thresh3`` (1024) entries that may be collected, refuses
+new ones ("neighbour table overflow"): 64 hosts that all talk to each other need
+64 x 63 of them. So with more than `STATIC_NEIGHBOURS_ABOVE` hosts (or
+``static_neighbours=True``) every host gets a permanent ARP entry for every other
+host's underlay address; permanent entries are exempt from that limit and no
+global setting is changed. Names stay short whatever the host count (``h64``,
+``vc12``: interface names are at most 15 bytes); the addresses (a /24 each for
+the underlay and the containers) allow 254 hosts and 254 containers, the switch
+bridge 1024 ports.
 
 Processes started in a namespace get their own process group; `Testbed.close()`
 (idempotent, also run by the context manager and when construction fails) sends
@@ -37,7 +51,9 @@ SIGTERM to each group, SIGKILL after a grace period, kills anything else still i
 the testbed's namespaces, and removes the namespaces. `remove_leftovers(prefix)`
 does the same for namespaces left behind by a process that died.
 """
+import ctypes
 import dataclasses
+import errno as errno_module
 import hashlib
 import http.client
 import ipaddress
@@ -53,6 +69,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pyroute2 import IPRoute, netns
@@ -67,6 +84,9 @@ ROUTER_PORT = 6783
 STATUS_PORT = 6784
 IPV6_MIN_MTU = 1280
 IFA_F_NODAD = 0x02  # the address is usable at once, no duplicate-address detection wait
+NUD_PERMANENT = 0x80
+CLONE_NEWNET = 0x40000000
+STATIC_NEIGHBOURS_ABOVE = 8  # hosts; see "Scale" above
 
 _serial = itertools.count()
 _PREFIX_OWNER = re.compile(r"^[a-z]+(\d+)n\d+-")
@@ -84,6 +104,50 @@ def netns_available():
     if shutil.which("nsenter") is None:
         return "needs nsenter (util-linux)"
     return None
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_netns_thread = None
+_netns_thread_lock = threading.Lock()
+
+
+def _setns(fd):
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"setns: {os.strerror(errno)}")
+
+
+def _socket_in(path, family, type, proto):
+    """Runs in the helper thread only: a socket made inside the namespace at `path`."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(path, os.O_RDONLY)
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+        try:
+            return socket.socket(family, type, proto)
+        finally:
+            _setns(own)  # cannot fail: we came from there
+    finally:
+        os.close(own)
+
+
+def netns_socket(ns_name, family=socket.AF_INET, type=socket.SOCK_DGRAM, proto=0):
+    """A socket inside namespace `ns_name`, made without forking (see the module
+    docstring). The calling thread never changes namespace: a helper thread does."""
+    global _netns_thread
+    with _netns_thread_lock:
+        if _netns_thread is None:
+            _netns_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="testbed-netns")
+    try:
+        return _netns_thread.submit(_socket_in, str(NETNS_DIR / ns_name), family, type, proto).result()
+    except OSError as e:
+        if e.errno in (errno_module.ENOENT, errno_module.EMFILE, errno_module.ENFILE):
+            raise
+        # setns refused (a seccomp filter, an old kernel): pyroute2 forks a child for it
+        return netns.create_socket(ns_name, family, type, proto, flags=0)
 
 
 def nsenter_argv(ns_name):
@@ -195,9 +259,17 @@ class Testbed:
     """
 
     def __init__(self, hosts=2, containers_per_host=0, underlay_mtu=1500, overlay_mtu=None,
-                 prefix=None, bridge="weavefast"):
+                 prefix=None, bridge="weavefast", static_neighbours=None):
+        """`static_neighbours`: permanent ARP entries between the hosts' underlay
+        addresses (default: with more than STATIC_NEIGHBOURS_ABOVE hosts)."""
         if hosts < 1:
             raise ValueError("a testbed needs at least one host")
+        if hosts > UNDERLAY_NET.num_addresses - 2:
+            raise ValueError(f"at most {UNDERLAY_NET.num_addresses - 2} hosts: one underlay "
+                             f"address each in {UNDERLAY_NET}")
+        if static_neighbours is None:
+            static_neighbours = hosts > STATIC_NEIGHBOURS_ABOVE
+        self.static_neighbours = static_neighbours
         self.prefix = prefix or unique_prefix()
         self.underlay_mtu = underlay_mtu
         self.overlay_mtu = overlay_mtu or underlay_mtu - ENCAP_OVERHEAD
@@ -239,22 +311,36 @@ class Testbed:
         if count == 2:
             self._veth(self.hosts[0].netns, "ul0", self.hosts[1].netns, "ul0", self.underlay_mtu)
         elif count > 2:
+            # one netlink session in the switch for every port (each session in a
+            # namespace costs pyroute2 a fork); the host ends come up below
             self.switch_netns = self._new_netns("sw")
             with IPRoute(netns=self.switch_netns) as ipr:
                 ipr.link("add", ifname="ul", kind="bridge", mtu=self.underlay_mtu)
                 switch_index = ipr.link_lookup(ifname="ul")[0]
                 ipr.link("set", index=switch_index, state="up")
-            for host in self.hosts:
-                self._veth(self.switch_netns, host.name, host.netns, "ul0", self.underlay_mtu)
-                with IPRoute(netns=self.switch_netns) as ipr:
-                    ipr.link("set", index=ipr.link_lookup(ifname=host.name)[0], master=switch_index)
+                for host in self.hosts:
+                    ipr.link("add", ifname=host.name, kind="veth", mtu=self.underlay_mtu,
+                             peer={"ifname": "ul0", "net_ns_fd": host.netns, "mtu": self.underlay_mtu})
+                    ipr.link("set", index=ipr.link_lookup(ifname=host.name)[0], master=switch_index,
+                             state="up")
+        underlay_macs = {}
         for host in self.hosts:
             with IPRoute(netns=host.netns) as ipr:
                 if count > 1:
-                    ipr.addr("add", index=ipr.link_lookup(ifname="ul0")[0],
-                             address=host.underlay_ip, prefixlen=UNDERLAY_NET.prefixlen)
+                    index = ipr.link_lookup(ifname="ul0")[0]
+                    ipr.link("set", index=index, state="up")
+                    ipr.addr("add", index=index, address=host.underlay_ip,
+                             prefixlen=UNDERLAY_NET.prefixlen)
+                    underlay_macs[host.underlay_ip] = ipr.get_links(index)[0].get("address")
                 ipr.link("add", ifname=self.bridge, kind="bridge")
                 ipr.link("set", index=ipr.link_lookup(ifname=self.bridge)[0], state="up")
+        if self.static_neighbours and count > 1:
+            for host in self.hosts:
+                with IPRoute(netns=host.netns) as ipr:
+                    index = ipr.link_lookup(ifname="ul0")[0]
+                    for ip, mac in underlay_macs.items():
+                        if ip != host.underlay_ip:
+                            ipr.neigh("add", dst=ip, lladdr=mac, ifindex=index, state=NUD_PERMANENT)
 
     @staticmethod
     def _veth(ns_a, name_a, ns_b, name_b, mtu):
@@ -269,6 +355,9 @@ class Testbed:
     def add_container(self, host):
         """A container namespace on `host`, its eth0 bridged into the host's overlay bridge."""
         n = len(self.containers) + 1
+        if n > OVERLAY_NET4.num_addresses - 2:
+            raise ValueError(f"at most {OVERLAY_NET4.num_addresses - 2} containers: one address "
+                             f"each in {OVERLAY_NET4}")
         name = f"c{n}"
         ns = self._new_netns(name)
         # no router solicitations: nothing answers them, they would only be flooded
@@ -366,7 +455,7 @@ class Testbed:
 
     def socket(self, node, family=socket.AF_INET, type=socket.SOCK_DGRAM, proto=0):
         """A socket living in `node`'s namespace (usable from this process)."""
-        return netns.create_socket(self._ns(node), family, type, proto, flags=0)
+        return netns_socket(self._ns(node), family, type, proto)
 
     # -- router status ------------------------------------------------------------
 
