@@ -440,6 +440,9 @@ class ControlPlane:
         if dialed and dialed not in self.peers:
             return None  # forgotten while the handshake ran
         peer = self._by_id(identity.peer_id)
+        # A router that joins through us, or one we were told to join, needs our address
+        # book; routers that found each other through gossip or the store have theirs.
+        needs_book = (dialed.configured if dialed else peer is None) or peer is not None and peer.configured
         if dialed and peer is not dialed:
             if peer is None:
                 peer = dialed
@@ -480,7 +483,7 @@ class ControlPlane:
             if was_established:  # it restarted
                 self._links_changed()
         self._offer_key(peer, conn, 0, conn.keys[0])
-        self._greet(conn)
+        self._greet(conn, needs_book)
         return peer
 
     # Session keys.
@@ -923,13 +926,13 @@ class ControlPlane:
                 if peer.conn and peer.conn.legacy:
                     peer.conn.send(legacy_full)
 
-    def _greet(self, conn):
-        """What a new connection gets: our own entries and our address book."""
+    def _greet(self, conn, with_book):
+        """What a new connection gets: our own entries, and our address book if it needs it."""
         if conn.legacy:
             conn.send(self._full_gossip())
             return
-        self._send_entries(conn, [("links", self.me.peer_id), ("announced", self.me.peer_id)]
-                           + [("peer", p.peer_id) for p in self.peers if p.state == ESTABLISHED])
+        book = [("peer", p.peer_id) for p in self.peers if p.state == ESTABLISHED] if with_book else []
+        self._send_entries(conn, [("links", self.me.peer_id), ("announced", self.me.peer_id)] + book)
 
     def _anti_entropy(self, now):
         self._next_sync = now + SYNC_INTERVAL * random.uniform(0.8, 1.2)
