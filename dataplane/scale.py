@@ -66,9 +66,12 @@ import platform
 import re
 import resource
 import shlex
+import shutil
 import signal
+import socket
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -495,6 +498,50 @@ def _measure_in(tb, poller, *, router_args, router_args_for, join, on_converged,
     return results
 
 
+# -- membership through etcd ------------------------------------------------------------------
+
+ETCD_PORT = 2379
+
+
+class StoreOnFirstHost:
+    """`before_routers` for the store variant: a one-member etcd (Debian's etcd-server)
+    on h1's underlay address (stopped with the testbed; `remove()` its data after);
+    `url` is what the routers get as --store."""
+
+    def __init__(self):
+        self.url = None
+        self.data = Path(tempfile.mkdtemp(prefix="wfscale-etcd-"))
+
+    def remove(self):
+        shutil.rmtree(self.data, ignore_errors=True)
+
+    def __call__(self, tb):
+        if shutil.which("etcd") is None:
+            raise ScaleError("the store variant needs etcd (apt-get install etcd-server)")
+        first = tb.hosts[0]
+        client = f"http://{first.underlay_ip}:{ETCD_PORT}"
+        peer = f"http://127.0.0.1:{ETCD_PORT + 1}"
+        tb.start(first, ["etcd", "--name", "scale", "--data-dir", str(self.data / "etcd"),
+                         "--listen-client-urls", client, "--advertise-client-urls", client,
+                         "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                         "--initial-cluster", f"scale={peer}"], name=f"{first.netns}-etcd")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with tb.socket(first, socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.settimeout(1)
+                    sock.connect((first.underlay_ip, ETCD_PORT))
+                    sock.sendall(b"GET /version HTTP/1.0\r\n\r\n")
+                    if b"etcdserver" in sock.recv(4096):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise ScaleError(f"etcd on {first.name} did not answer in 30 s")
+            time.sleep(0.2)
+        self.url = f"etcd://{first.underlay_ip}:{ETCD_PORT}"
+
+
 # -- the command ------------------------------------------------------------------------------
 
 def add_arguments(p):
@@ -512,6 +559,9 @@ def add_arguments(p):
     g.add_argument("--no-join", action="store_true",
                    help="start the routers without --peer (they must meet through a store given "
                         "in --router-args)")
+    g.add_argument("--membership-store", action="store_true",
+                   help="membership through etcd: start one on h1 and give every router --store "
+                        "and no --peer (needs etcd-server)")
     g.add_argument("--containers", default="3x2", metavar="HOSTSxPER_HOST",
                    help="containers: on how many hosts, how many each (default %(default)s)")
     g.add_argument("--poll-interval", type=float, default=0.5, metavar="SECONDS",
@@ -566,15 +616,20 @@ def run(args, interrupted_type=KeyboardInterrupt):
     try:
         for n in sizes:
             try:
+                store = StoreOnFirstHost() if args.membership_store else None
                 results["runs"].append(measure_scale(
                     n, containers_on=on, containers_per_host=per_host, router_args=router_args,
-                    join=not args.no_join, idle_window=args.idle_window,
+                    router_args_for=(lambda host, store=store: ["--store", store.url]) if store else None,
+                    before_routers=store, join=not (args.no_join or store), idle_window=args.idle_window,
                     converge_timeout=args.converge_timeout, poll_interval=args.poll_interval,
                     save_logs=Path(args.logs) / str(n) if args.logs else None,
                     log=lambda m: print(m, flush=True)))
             except (ScaleError, OSError, RuntimeError, TimeoutError) as e:
                 print(f"{n} hosts: FAILED: {e}", file=sys.stderr)
                 results["errors"][str(n)] = f"{type(e).__name__}: {e}"
+            finally:
+                if store:
+                    store.remove()
     except interrupted_type:
         print("interrupted; everything removed", file=sys.stderr)
         raise
