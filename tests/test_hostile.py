@@ -73,12 +73,20 @@ def check_survived(tb, args):
     established(tb, [h1, h2, h3], timeout=10)
 
 
-async def stranger_connections(tb, host, count, send):
+async def stranger_connections(tb, host, count, send, at_once=64):
     """Opens `count` TCP connections from the stranger to `host`'s control port and
-    runs `send(reader, writer)` on each; returns the results (exceptions included)."""
+    runs `send(reader, writer)` on each, `at_once` at a time (more would overflow the
+    router's listen backlog: the kernel then drops handshakes the client believes
+    complete, and a client waiting for the router to close would wait forever);
+    returns the results (exceptions included)."""
     loop = asyncio.get_running_loop()
+    slots = asyncio.Semaphore(at_once)
 
     async def one():
+        async with slots:
+            return await connection()
+
+    async def connection():
         sock = tb.socket(tb.hosts[2], socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
