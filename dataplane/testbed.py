@@ -31,6 +31,15 @@ with ``sysctl`` under ``nsenter``, since /proc/sys/net shows the namespace of th
 opening task) and programs run in a namespace (``nsenter --net=/run/netns/NAME``,
 which, unlike ``ip netns exec``, leaves /sys and the cgroup mounts alone).
 
+Loss (`Testbed.set_loss(percent, ports)`): an nftables table ``wfloss`` in every host
+namespace drops each UDP datagram to one of `ports` that arrives on the underlay with
+probability `percent` / 100, independently (``numgen random``), in the prerouting hook
+before anything else sees it; TCP (the routers' control connections) and other ports
+pass untouched. Segmentation offloads (tso, gso, gro, UDP GSO/GRO forwarding) are
+turned off on the hosts' ``ul0`` so that GSO sends are cut into datagrams before the
+wire and each datagram meets the rule on its own. Both live inside the host
+namespaces, so they go with them; `clear_loss()` removes the tables earlier.
+
 Processes started in a namespace get their own process group; `Testbed.close()`
 (idempotent, also run by the context manager and when construction fails) sends
 SIGTERM to each group, SIGKILL after a grace period, kills anything else still in
@@ -209,6 +218,7 @@ class Testbed:
         self._namespaces = []  # creation order; removed in reverse
         self._log_dir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
         self._closed = False
+        self.loss = 0
         try:
             self._build_underlay(hosts)
             for host in self.hosts:
@@ -549,6 +559,45 @@ class Testbed:
         shutil.rmtree(self._log_dir, ignore_errors=True)
         if errors:
             raise errors[0]
+
+    def set_loss(self, percent, ports=(ROUTER_PORT,)):
+        """Drops `percent` % (0 to 100, fractions allowed, resolution 0.001 %) of the UDP
+        datagrams to `ports` arriving on every host's underlay, each on its own; 0
+        removes the rule. See the module docstring."""
+        if not 0 <= percent <= 100:
+            raise ValueError(f"loss {percent} % is not in 0..100")
+        threshold = round(percent * 1000)   # of numgen random mod 100000
+        for host in self.hosts:
+            self.run(host, ["nft", "delete table inet wfloss"], check=False)
+            for feature in ("tso", "gso", "gro", "tx-udp-segmentation", "rx-gro-list",
+                            "rx-udp-gro-forwarding"):   # one at a time: a veth may lack one
+                self.run(host, ["ethtool", "-K", "ul0", feature, "off"], check=False)
+            if threshold == 0:
+                continue
+            portset = ", ".join(str(p) for p in ports)
+            self.run(host, ["nft", "-f", "-"], input=(
+                "table inet wfloss {\n"
+                "  chain prerouting {\n"
+                "    type filter hook prerouting priority -400; policy accept;\n"
+                f"    iifname \"ul0\" udp dport {{ {portset} }} numgen random mod 100000 < {threshold} "
+                "counter drop\n"
+                "  }\n"
+                "}\n"))
+        self.loss = percent
+
+    def clear_loss(self):
+        """Removes what set_loss() added (offloads stay off)."""
+        for host in self.hosts:
+            self.run(host, ["nft", "delete table inet wfloss"], check=False)
+        self.loss = 0
+
+    def loss_dropped(self):
+        """Datagrams the loss rule dropped so far, all hosts together."""
+        total = 0
+        for host in self.hosts:
+            result = self.run(host, ["nft", "list table inet wfloss"], check=False)
+            total += sum(int(n) for n in re.findall(r"counter packets (\d+)", result.stdout))
+        return total
 
     def leftovers(self):
         """`leftovers(prefix)`, plus any process this testbed started that still runs."""

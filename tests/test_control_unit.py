@@ -119,6 +119,11 @@ class FakeDataplane:
     def peer_counters(self):
         return {pid: {"tx_frames": self.sent, "rx_frames": self.received} for pid in self.peers}
 
+    def peer_segments(self):
+        return {pid: {"segments": False, "loss_reported": False} for pid in self.peers}
+
+    segments_mode = "auto"
+
     def fdb_size(self):
         return 0
 

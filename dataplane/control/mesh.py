@@ -805,6 +805,7 @@ class ControlPlane:
 
     def status(self) -> dict:
         per_peer = self.dp.peer_counters()
+        modes = self.dp.peer_segments()
         names = {pid: s["name"] for pid, s in self.link_states.items()}
         peers = []
         for peer in sorted(self.peers, key=lambda p: (p.name or "", p.address)):
@@ -819,6 +820,7 @@ class ControlPlane:
                 "route": None if not route else "direct" if route[0] == peer.peer_id
                 else f"via {names.get(route[0], route[0])}",
                 "counters": per_peer.get(peer.peer_id, {}),
+                "segments": _segments_status(self.dp.segments_mode, modes.get(peer.peer_id)),
                 "heartbeats": peer.heartbeats,
                 "session": self._session_status(peer.conn),
             })
@@ -833,9 +835,19 @@ class ControlPlane:
                        for dst, (via, hops) in sorted(self.routes.items())],
             "mac_table": {"size": self.dp.fdb_size()},
             "offloads": self.dp.status_offloads(),
+            "segments": self.dp.segments_mode,
             "counters": self.dp.counters(),
             "drops": self.dp.drops(),
             "bad_heartbeats": self.bad_heartbeats,
             "refused": {reason: self.refused[reason] for reason in REFUSALS},
             "unauthenticated_connections": sum(self.admission.pending.values()),
         }
+
+
+def _segments_status(mode, state):
+    """How TCP super-frames go to a peer: {"mode": --segments, "sending":
+    "segments" | "fragments", "loss_reported": we tell the peer its datagrams
+    get lost on the way to us}."""
+    state = state or {}
+    return {"mode": mode, "sending": "segments" if state.get("segments") else "fragments",
+            "loss_reported": bool(state.get("loss_reported"))}
