@@ -562,18 +562,18 @@ class Testbed:
 
     def set_loss(self, percent, ports=(ROUTER_PORT,)):
         """Drops `percent` % (0 to 100, fractions allowed, resolution 0.001 %) of the UDP
-        datagrams to `ports` arriving on every host's underlay, each on its own; 0
-        removes the rule. See the module docstring."""
+        datagrams to `ports` arriving on every host's underlay, each on its own (the
+        underlay's offloads go off for good); 0 removes the rule. See the module docstring."""
         if not 0 <= percent <= 100:
             raise ValueError(f"loss {percent} % is not in 0..100")
         threshold = round(percent * 1000)   # of numgen random mod 100000
         for host in self.hosts:
             self.run(host, ["nft", "delete table inet wfloss"], check=False)
+            if threshold == 0:
+                continue
             for feature in ("tso", "gso", "gro", "tx-udp-segmentation", "rx-gro-list",
                             "rx-udp-gro-forwarding"):   # one at a time: a veth may lack one
                 self.run(host, ["ethtool", "-K", "ul0", feature, "off"], check=False)
-            if threshold == 0:
-                continue
             portset = ", ".join(str(p) for p in ports)
             self.run(host, ["nft", "-f", "-"], input=(
                 "table inet wfloss {\n"

@@ -28,11 +28,13 @@
 # Segments mode (issue 13): a FRAGMENT message is lost whole when one of its
 # ~44 datagrams is, which a lossy path turns into a collapse. The receiver
 # counts the counters each neighbour's lanes skip (datagrams lost; late ones
-# count back) per second; when a second loses LOSS_PERMILLE or more, it sets
-# WF_FLAG_LOSS in every datagram it seals for that neighbour for LOSS_HOLD_S.
-# A router that opens a datagram with the flag sends its TCP super-frames to
-# that neighbour as segments for SEGMENTS_HOLD_S from then on; a path clean
-# for that long goes back to fragments. `--segments always|never` forces it.
+# count back) in windows of LOSS_WINDOW_MS; when a window loses LOSS_PERMILLE
+# or more, it sets WF_FLAG_LOSS in every datagram it seals for that neighbour
+# for LOSS_HOLD_MS. A router that opens a datagram with the flag sends its TCP
+# super-frames to that neighbour as segments for SEGMENTS_HOLD_MS from then
+# on; a path clean for that long goes back to fragments. The gaps measure the
+# path in both modes, so segments last as long as the loss does.
+# `--segments always|never` forces it.
 #
 # Threads and wake-ups: the RX thread ("wf-rx<i>") serves both directions
 # while the load is light: it polls the socket and the TAP, so a small
@@ -62,9 +64,10 @@ cdef enum:
     POLL_MS = 1000
     HELP_AFTER = 4       # busy rounds in a row before the RX thread calls the TX thread
     HELP_IDLE_MS = 2     # the TX thread hands the TAP back after this long without frames
-    LOSS_PERMILLE = 1    # a second that loses this share of a neighbour's datagrams is lossy
-    LOSS_HOLD_S = 2      # we flag our datagrams to that neighbour this long after such a second
-    SEGMENTS_HOLD_S = 10 # segments to a neighbour this long after its last flagged datagram
+    LOSS_WINDOW_MS = 100      # loss is judged over windows this long
+    LOSS_PERMILLE = 1         # a window that loses this share of a neighbour's datagrams is lossy
+    LOSS_HOLD_MS = 2000       # we flag our datagrams to that neighbour this long after such a window
+    SEGMENTS_HOLD_MS = 10000  # segments to a neighbour this long after its last flagged datagram
 
 cdef enum:  # --segments
     SEGMENTS_NEVER
@@ -109,8 +112,8 @@ cdef struct Peer:
     uint8_t tx_key[WF_KEY_LEN]
     uint64_t tx_counter[MAX_WORKERS]   # one per lane, from lane << 56: lanes never share a nonce
     RxKey rx[RX_KEYS]
-    uint64_t seg_until            # send it TCP segments until then (seconds): it reported loss
-    uint64_t loss_until           # flag what we seal for it until then: its datagrams get lost
+    uint64_t seg_until            # send it TCP segments until then (ms): it reported loss
+    uint64_t loss_until           # flag what we seal for it until then (ms): its datagrams get lost
     # One window per key and sending lane: each lane's counters rise in order,
     # whatever the sender's workers do to each other. Kept last, out of what
     # reusing the slot clears: a window empties itself for a newer key.
@@ -224,9 +227,9 @@ cdef struct Worker:
     wf_tso_chain tso
     int tso_slot
     uint8_t tso_hdr[WF_VNET_HDR_LEN + WF_TSO_HDR_MAX]
-    # Loss per neighbour (key slot), this second: datagrams opened, counters skipped.
-    uint64_t now
-    uint64_t loss_second
+    # Loss per neighbour (key slot), this window: datagrams opened, counters skipped.
+    uint64_t now                  # ms, once per batch
+    uint64_t loss_window          # when the window began (ms)
     uint64_t rx_seen[MAX_PEERS]
     int64_t rx_gap[MAX_PEERS]
     Learned learned[LEARN_MAX]
@@ -350,7 +353,7 @@ cdef void tx_flush(Worker *w, Emitter *e, uint64_t *st) noexcept nogil:
         st[C_GSO_FALLBACKS] += 1
 
 
-cdef inline bint tx_segments(Shared *sh, int hop, uint32_t now) noexcept nogil:
+cdef inline bint tx_segments(Shared *sh, int hop, uint64_t now) noexcept nogil:
     """Whether TCP super-frames to this next hop go as segments."""
     if sh.segments == SEGMENTS_AUTO:
         return wf_load(&sh.peers[hop].seg_until) > now
@@ -358,7 +361,7 @@ cdef inline bint tx_segments(Shared *sh, int hop, uint32_t now) noexcept nogil:
 
 
 cdef inline void tx_emit(Worker *w, Emitter *e, uint64_t *st, PeerView *v, int slot,
-                         uint8_t *rec, unsigned n, uint32_t now) noexcept nogil:
+                         uint8_t *rec, unsigned n, uint64_t now) noexcept nogil:
     cdef int r
     if (rec[2] & WF_RFLAG_VNET and WF_HEADER_LEN + n + WF_TRAILER_LEN > e.max_payload
             and tx_segments(w.sh, v.hop[slot], now)):
@@ -397,11 +400,13 @@ cdef unsigned tx_batch(Worker *w) noexcept nogil:
     cdef int64_t route, last_route = -3
     cdef uint64_t last_gen = 0
     cdef uint32_t now
+    cdef uint64_t ms
     n = tap_read_batch(w.tap_fd, &w.tx_arena, w.tx_lens, sh.batch, &err)
     if n == 0:
         return 0
     memset(st, 0, sizeof(st))
     now = now_seconds()
+    ms = now_ms()
     e.out = w.tx_out
     e.max_payload = sh.max_payload
     e.gso = sh.gso
@@ -447,14 +452,14 @@ cdef unsigned tx_batch(Worker *w) noexcept nogil:
                 slot = view_slot(v, <uint32_t>route)
                 last_route, last_slot, last_gen = route, slot, sh.fdb.generation
             if slot >= 0 and v.hop[slot] >= 0:
-                tx_emit(w, &e, st, v, slot, rec, rlen + WF_RECORD_HDR_LEN, now)
+                tx_emit(w, &e, st, v, slot, rec, rlen + WF_RECORD_HDR_LEN, ms)
                 continue
         if v.nflood == 0:
             st[C_COUNT + WF_DROP_NO_PEER] += 1
             continue
         st[C_FLOODED_FRAMES] += 1
         for k in range(v.nflood):
-            tx_emit(w, &e, st, v, v.flood[k], rec, rlen + WF_RECORD_HDR_LEN, now)
+            tx_emit(w, &e, st, v, v.flood[k], rec, rlen + WF_RECORD_HDR_LEN, ms)
     w.tx_msg = e.msg
     pthread_mutex_unlock(&sh.lock)
     tx_flush(w, &e, st)
@@ -807,25 +812,25 @@ cdef int rx_open(Worker *w, uint8_t *p, size_t n, wf_header *h) noexcept nogil:
         return -1 - (WF_DROP_REPLAYED if fresh == 0 else WF_DROP_UNKNOWN_KEY)
     w.rx_seen[slot] += 1
     w.rx_gap[slot] += gap
-    if h.loss and wf_load(&w.sh.peers[slot].seg_until) != w.now + SEGMENTS_HOLD_S:
-        wf_store_release(&w.sh.peers[slot].seg_until, w.now + SEGMENTS_HOLD_S)   # authenticated: opened above
+    if h.loss and wf_load(&w.sh.peers[slot].seg_until) < w.now + SEGMENTS_HOLD_MS - LOSS_WINDOW_MS:
+        wf_store_release(&w.sh.peers[slot].seg_until, w.now + SEGMENTS_HOLD_MS)   # authenticated: opened above
     return slot
 
 
-cdef void rx_loss_second(Worker *w) noexcept nogil:
-    """Once a second: a neighbour that lost LOSS_PERMILLE of its datagrams to
-    us gets WF_FLAG_LOSS on what we seal for it for LOSS_HOLD_S."""
+cdef void rx_loss_window(Worker *w) noexcept nogil:
+    """Once a window: a neighbour that lost LOSS_PERMILLE of its datagrams to
+    us gets WF_FLAG_LOSS on what we seal for it for LOSS_HOLD_MS."""
     cdef unsigned s
     cdef int64_t lost
-    if w.now == w.loss_second:
+    if w.now - w.loss_window < LOSS_WINDOW_MS:
         return
-    w.loss_second = w.now
+    w.loss_window = w.now
     for s in range(w.rx_view.count):
         lost = w.rx_gap[s]
         if lost > 0:
             wf_count(&w.sh.peers[s].stats[P_RX_LOST], <uint64_t>lost)
             if <uint64_t>lost * 1000 >= w.rx_seen[s] * LOSS_PERMILLE:
-                wf_store_release(&w.sh.peers[s].loss_until, w.now + LOSS_HOLD_S)
+                wf_store_release(&w.sh.peers[s].loss_until, w.now + LOSS_HOLD_MS)
         w.rx_gap[s] = 0
         w.rx_seen[s] = 0
 
@@ -915,7 +920,7 @@ cdef unsigned rx_batch(Worker *w) noexcept nogil:
     if n <= 0:
         return 0
     memset(st, 0, sizeof(st))
-    w.now = now_seconds()
+    w.now = now_ms()
     if w.rx_view.generation != wf_load_acquire(&sh.generation):
         pthread_mutex_lock(&sh.lock)
         view_refresh(sh, &w.rx_view, w.relay_out)
@@ -939,7 +944,7 @@ cdef unsigned rx_batch(Worker *w) noexcept nogil:
     if w.gather_n:
         rx_gather_spill(w, st)   # the receive buffers are about to be reused
     rx_hold_flush(w, st)
-    rx_loss_second(w)
+    rx_loss_window(w)
     rx_apply(w)
     if overflows > w.socket_overflows:
         st[C_SOCKET_OVERFLOWS] = overflows - w.socket_overflows
@@ -1360,7 +1365,7 @@ cdef class Engine:
         """Per peer: whether TCP super-frames to it go as segments now
         ("segments"), and whether we tell it that its datagrams get lost on
         the way to us ("loss_reported")."""
-        cdef uint32_t now = now_seconds()
+        cdef uint64_t now = now_ms()
         result = {}
         pthread_mutex_lock(&self.sh.lock)
         for s in range(self.sh.peer_count):

@@ -32,6 +32,13 @@ cdef enum:
     SEG_BLOCK = WF_HEADER_LEN + WF_RECORD_HDR_LEN + WF_TSO_HDR_MAX
 
 
+cdef inline uint64_t now_ms() noexcept nogil:
+    """Milliseconds of the coarse monotonic clock (a few ms resolution, no syscall)."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
+    return <uint64_t>ts.tv_sec * 1000 + <uint64_t>ts.tv_nsec // 1000000
+
+
 cdef struct Out:
     mmsghdr msgs[OUT_MSGS]
     unsigned sizes[OUT_MSGS]          # UDP payload bytes of each message (all GSO segments)
@@ -52,8 +59,8 @@ cdef struct Out:
     socklen_t namelens[MAX_PEERS]
     uint16_t key_ids[MAX_PEERS]       # the hop's index of our key; 0 = no session yet
     uint64_t *counters[MAX_PEERS]     # the peer table's counter of that key
-    uint64_t *loss_until[MAX_PEERS]   # the peer table's: until when we tell the hop we lose its datagrams
-    uint64_t now                      # seconds, read once per flush
+    uint64_t *loss_until[MAX_PEERS]   # the peer table's: until when (ms) we tell the hop we lose its datagrams
+    uint64_t now                      # milliseconds, read once per flush
     wf_aead seal[MAX_PEERS]
     uint8_t lane                      # this worker's index, for the receiver's steering
     iovec sealed[OUT_MSGS]
@@ -349,9 +356,7 @@ cdef int out_flush(Out *o, int fd, uint64_t *st) noexcept nogil:
     cdef size_t used = 0
     cdef long r
     cdef int err, last_err = 0
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
-    o.now = <uint64_t>ts.tv_sec
+    o.now = now_ms()
     for m in range(o.nmsgs):
         r = out_seal(o, m, o.seal_buf + used, SEAL_BUF - used)
         if r == -2:   # the seal buffer is full: send what it holds, then reuse it
