@@ -196,3 +196,10 @@ def test_anything_else_is_written_as_it_is(impl):
               bytes(Ether(**MACS) / IP() / TCP(flags="A")),                  # no payload: a pure ACK
               bytes(Ether(**MACS) / IP() / TCP(flags="A") / b"x") + b"\0" * 10]   # Ethernet padding
     assert impl.tso_coalesce(frames) == [bytes(10) + f for f in frames]
+
+
+def test_the_loss_flag_rides_in_the_hops_byte(impl):
+    body = struct.pack("!HBB", 14, 0, 0) + bytes(Ether(**MACS))[:14]
+    header = impl.encode_header(impl.TYPE_FRAMES, 1, 2, 7, hops=impl.FLAG_LOSS | 3)
+    assert header[5] == 0x83
+    assert impl.decode_datagram(header + body).hops == impl.FLAG_LOSS | 3
