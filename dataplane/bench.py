@@ -374,7 +374,7 @@ def measure_loss(system, rates, duration, congestion, router_args):
     """{loss: {"tcp1_gbps", "retransmits", "sending", "dropped"}} for one system on
     one testbed, the loss rates in the order given."""
     try:
-        tb = build_testbed(DEFAULT, system)
+        tb = build_testbed(DEFAULT, system, switch=True)
     except Exception as e:
         raise BenchError(f"building the testbed: {type(e).__name__}: {e}") from e
     figures = {}
@@ -457,12 +457,13 @@ def measure(system, variant, duration, pings, router_args, label=None):
             raise BenchError(f"{type(e).__name__}: {e}{_router_logs(tb)}") from e
 
 
-def build_testbed(variant, system, prefix=None):
-    """Two hosts with a container each, built as `variant` says; the caller
-    closes it (`with`)."""
+def build_testbed(variant, system, prefix=None, switch=False):
+    """Two hosts with a container each, built as `variant` says (joined by a
+    switch namespace with `switch`, where loss is made); the caller closes it
+    (`with`)."""
     tb = testbed.Testbed(hosts=2, containers_per_host=1, underlay_mtu=variant.underlay_mtu,
                          overlay_mtu=variant.container_mtu(system),
-                         prefix=prefix or testbed.unique_prefix(PREFIX_BASE))
+                         prefix=prefix or testbed.unique_prefix(PREFIX_BASE), switch=switch)
     try:
         for host in tb.hosts:
             if variant.ipv6_disabled:

@@ -19,7 +19,7 @@ def peer_status(tb, host):
 
 @pytest.fixture
 def tb(testbed_factory):
-    with testbed_factory(hosts=2, containers_per_host=1) as tb:
+    with testbed_factory(hosts=2, containers_per_host=1, switch=True) as tb:
         tb.start_routers()
         yield tb
 
