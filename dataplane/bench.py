@@ -37,8 +37,10 @@ with one table of weavefast's ratios to kernel VXLAN per variant.
 `--loss 0,0.1,1,10` measures single-stream TCP (iperf3, BBR where the kernel has
 it) through weavefast and through kernel VXLAN on the same two hosts while the
 underlay drops that percentage of each system's UDP datagrams, each on its own
-(`Testbed.set_loss`: an nftables `numgen random` rule on the overlay's port in
-both hosts, underlay offloads off so every datagram meets it alone), and prints
+(`Testbed.set_loss`: the hosts joined through a switch namespace whose bridge
+drops them with an nftables `numgen random` rule on the system's port, the
+hosts' segmentation offloads off so every datagram meets it alone, their veth
+GRO on), and prints
 one row per loss rate with weavefast's ratio to VXLAN and how weavefast sent its
 TCP super-frames at the end (segments or fragments). One testbed per system,
 the loss rates in ascending order; `--repeat` does not apply.
