@@ -42,8 +42,9 @@ drops them with an nftables `numgen random` rule on the system's port, the
 hosts' segmentation offloads off so every datagram meets it alone, their veth
 GRO on), and prints
 one row per loss rate with weavefast's ratio to VXLAN and how weavefast sent its
-TCP super-frames at the end (segments or fragments). One testbed per system,
-the loss rates in ascending order; `--repeat` does not apply.
+TCP super-frames at the end (segments or fragments). One testbed per system
+and round, the loss rates in ascending order; `--repeat N` takes the medians of
+N rounds, the systems in turns.
 
 Results: a table (each figure also as a ratio to kernel VXLAN), JSON, and a PNG
 chart when matplotlib is installed. Every namespace and process is removed at the
@@ -350,13 +351,19 @@ def run_loss(args, duration, router_args):
     }
     previous_handlers = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     testbed.remove_leftovers(PREFIX_BASE)
+    rounds = {system: [] for system in systems}
     try:
-        for system in systems:
-            try:
-                results["systems"][system] = measure_loss(system, rates, duration, congestion, router_args)
-            except BenchError as e:
-                print(f"{system}: FAILED: {e}", file=sys.stderr)
-                results["errors"][system] = str(e)
+        for turn in range(1, args.repeat + 1):
+            for system in systems:
+                if system in results["errors"]:
+                    continue
+                if args.repeat > 1:
+                    print(f"{system}: round {turn} of {args.repeat}", flush=True)
+                try:
+                    rounds[system].append(measure_loss(system, rates, duration, congestion, router_args))
+                except BenchError as e:
+                    print(f"{system}: FAILED: {e}", file=sys.stderr)
+                    results["errors"][system] = str(e)
     except _Interrupted as e:
         print("interrupted; everything removed", file=sys.stderr)
         return 128 + e.signum
@@ -365,6 +372,13 @@ def run_loss(args, duration, router_args):
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
     results["load_average_after"] = os.getloadavg()
+    results["repeat"] = args.repeat
+    if args.repeat > 1:
+        results["rounds"] = rounds
+    for system, runs in rounds.items():
+        if runs:
+            results["systems"][system] = {rate: medians([run[rate] for run in runs if rate in run])
+                                          for rate in runs[-1]}
     print()
     print(format_loss(results))
     write_json(results, Path(args.json))
@@ -435,7 +449,8 @@ def format_loss(results):
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "-" * len(lines[0]))
-    lines.append(f"TCP 1 stream ({results['congestion_control']}), iperf3 runs of {results['duration_s']:g} s, "
+    medians_of = f"medians of {results['repeat']} rounds, " if results.get("repeat", 1) > 1 else ""
+    lines.append(f"TCP 1 stream ({results['congestion_control']}), {medians_of}iperf3 runs of {results['duration_s']:g} s, "
                  "each underlay datagram of the system's UDP port dropped independently with that "
                  f"probability, both directions; {results['cpus']} CPUs, load average "
                  f"{results['load_average_before'][0]:.2f} before, {results['load_average_after'][0]:.2f} after")
