@@ -29,7 +29,7 @@ clean:
 # input in build/fuzz/crashes/<target>/.
 FUZZ_SECONDS ?= 600
 FUZZ_SMOKE_SECONDS ?= 20
-FUZZ_TARGETS ?= datagram rxpath reasm uso aead replay control reference
+FUZZ_TARGETS ?= datagram rxpath reasm uso tso aead replay control reference
 
 fuzz-setup:
 	bash fuzz/setup.sh

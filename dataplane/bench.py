@@ -37,6 +37,18 @@ with one table of weavefast's ratios to kernel VXLAN per variant.
 `--scale N[,N...]` measures something else: how a mesh of N routers converges and
 idles (see `dataplane.scale`).
 
+`--loss 0,0.1,1,10` measures single-stream TCP (iperf3, BBR where the kernel has
+it) through weavefast and through kernel VXLAN on the same two hosts while the
+underlay drops that percentage of each system's UDP datagrams, each on its own
+(`Testbed.set_loss`: the hosts joined through a switch namespace whose bridge
+drops them with an nftables `numgen random` rule on the system's port, the
+hosts' segmentation offloads off so every datagram meets it alone, their veth
+GRO on), and prints
+one row per loss rate with weavefast's ratio to VXLAN and how weavefast sent its
+TCP super-frames at the end (segments or fragments). One testbed per system
+and round, the loss rates in ascending order; `--repeat N` takes the medians of
+N rounds, the systems in turns.
+
 Results: a table (each figure also as a ratio to kernel VXLAN), JSON, and a PNG
 chart when matplotlib is installed. Every namespace and process is removed at the
 end, also on failure, Ctrl-C or SIGTERM.
@@ -143,12 +155,20 @@ def add_arguments(p) -> None:
     p.add_argument("--matrix", nargs="?", const=",".join(VARIANT_NAMES), metavar="LIST",
                    help="measure over host variants (all, or a comma-separated list of: "
                         f"{', '.join(VARIANT_NAMES)}) and print weavefast's ratios to kernel VXLAN per variant")
+    p.add_argument("--loss", metavar="LIST",
+                   help="comma-separated loss rates in percent (e.g. 0,0.1,1,10): TCP throughput of "
+                        "weavefast and kernel VXLAN with that share of underlay datagrams dropped")
+    p.add_argument("--congestion", default="bbr", metavar="NAME",
+                   help="TCP congestion control of the --loss runs (default %(default)s; cubic where "
+                        "the kernel lacks it)")
     p.add_argument("--json", metavar="PATH",
                    help="where to write the results (default bench-results/bench.json, "
                         f"with --scale {scale.DEFAULT_JSON})")
     p.add_argument("--png", default="bench-results/bench.png", metavar="PATH",
                    help="where to draw the chart, needs matplotlib (default %(default)s)")
     p.add_argument("--workers", type=int, default=1, help="passed to each weavefast router (default 1)")
+    p.add_argument("--segments", choices=("auto", "always", "never"),
+                   help="passed to each weavefast router (default: the router's, auto)")
     for flag in OFFLOAD_FLAGS:
         option = f"--no-{flag.replace('_', '-')}"
         p.add_argument(option, dest=f"no_{flag}", action="store_true", help="passed to each weavefast router")
@@ -174,6 +194,10 @@ def run(args) -> int:
     duration, pings = (1, 20) if args.quick else (args.duration, args.pings)
     router_args = ["--workers", str(args.workers)] + [
         f"--no-{flag.replace('_', '-')}" for flag in OFFLOAD_FLAGS if getattr(args, f"no_{flag}")]
+    if args.segments:
+        router_args += ["--segments", args.segments]
+    if args.loss is not None:
+        return run_loss(args, duration, router_args)
     results = {
         "command": " ".join(["weavefast", *sys.argv[1:]]),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -295,6 +319,165 @@ def _interrupt(signum, frame):
     raise _Interrupted(signum)
 
 
+# -- loss ------------------------------------------------------------------------------
+
+LOSS_SYSTEMS = ("weavefast", "weavefast-sealed", "vxlan")
+
+
+def _parse_loss(text):
+    try:
+        rates = sorted({float(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        rates = []
+    if not rates or any(not 0 <= r <= 100 for r in rates):
+        raise ValueError(f"--loss {text!r}: give percentages from 0 to 100, e.g. 0,0.1,1,10")
+    return rates
+
+
+def _congestion_control(wanted):
+    """`wanted` if the kernel has it (loading its module if need be), else cubic."""
+    if shutil.which("modprobe"):
+        subprocess.run(["modprobe", f"tcp_{wanted}"], capture_output=True, check=False)
+    try:
+        available = Path("/proc/sys/net/ipv4/tcp_available_congestion_control").read_text().split()
+    except OSError:
+        available = []
+    return wanted if wanted in available else "cubic"
+
+
+def run_loss(args, duration, router_args):
+    """`--loss`: TCP 1 stream at each loss rate, weavefast and kernel VXLAN."""
+    try:
+        rates = _parse_loss(args.loss)
+        systems = [s for s in _parse_only(args.only) if s in LOSS_SYSTEMS] or ["weavefast", "vxlan"]
+    except ValueError as e:
+        print(f"weavefast bench: {e}", file=sys.stderr)
+        return 2
+    if args.only == ",".join(SYSTEMS):
+        systems = ["weavefast", "vxlan"]
+    problem = _missing_prerequisite() or (None if shutil.which("nft") else
+                                          "nft is not installed (--loss needs it): apt-get install nftables")
+    if problem:
+        print(f"weavefast bench: {problem}", file=sys.stderr)
+        return 2
+    congestion = _congestion_control(args.congestion)
+    results = {
+        "command": " ".join(["weavefast", *sys.argv[1:]]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "kernel": platform.release(), "cpus": os.cpu_count(),
+        "load_average_before": os.getloadavg(), "duration_s": duration,
+        "congestion_control": congestion, "router_args": router_args,
+        "loss_percent": rates, "systems": {}, "errors": {},
+    }
+    previous_handlers = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    testbed.remove_leftovers(PREFIX_BASE)
+    rounds = {system: [] for system in systems}
+    try:
+        for turn in range(1, args.repeat + 1):
+            for system in systems:
+                if system in results["errors"]:
+                    continue
+                if args.repeat > 1:
+                    print(f"{system}: round {turn} of {args.repeat}", flush=True)
+                try:
+                    rounds[system].append(measure_loss(system, rates, duration, congestion, router_args))
+                except BenchError as e:
+                    print(f"{system}: FAILED: {e}", file=sys.stderr)
+                    results["errors"][system] = str(e)
+    except _Interrupted as e:
+        print("interrupted; everything removed", file=sys.stderr)
+        return 128 + e.signum
+    finally:
+        testbed.remove_leftovers(f"{PREFIX_BASE}{os.getpid()}n")
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+    results["load_average_after"] = os.getloadavg()
+    results["repeat"] = args.repeat
+    if args.repeat > 1:
+        results["rounds"] = rounds
+    for system, runs in rounds.items():
+        if runs:
+            results["systems"][system] = {rate: medians([run[rate] for run in runs if rate in run])
+                                          for rate in runs[-1]}
+    print()
+    print(format_loss(results))
+    write_json(results, Path(args.json))
+    print(f"results: {args.json}")
+    return 1 if results["errors"] else 0
+
+
+def measure_loss(system, rates, duration, congestion, router_args):
+    """{loss: {"tcp1_gbps", "retransmits", "sending", "dropped"}} for one system on
+    one testbed, the loss rates in the order given."""
+    try:
+        tb = build_testbed(DEFAULT, system, switch=True)
+    except Exception as e:
+        raise BenchError(f"building the testbed: {type(e).__name__}: {e}") from e
+    figures = {}
+    with tb:
+        try:
+            c1, c2 = tb.containers
+            if system.startswith("weavefast"):
+                try:
+                    tb.start_routers(extra_args=router_args + weavefast_args(DEFAULT, system))
+                except (RuntimeError, TimeoutError) as e:
+                    raise BenchError(f"the routers did not start: {e}") from e
+                port = testbed.ROUTER_PORT
+            else:
+                add_vxlan(tb)
+                port = VXLAN_PORT
+            if not tb.ping(c1, c2.ip4, count=3, interval=0.1).ok:
+                raise BenchError(f"{c1.name} cannot ping {c2.name}{_router_logs(tb)}")
+            start_iperf_server(tb, c2)
+            for rate in rates:
+                tb.set_loss(rate, ports=(port,))
+                dropped = tb.loss_dropped()
+                report = iperf(tb, c1, c2, duration, ["-P", "1", "-C", congestion])
+                row = {"tcp1_gbps": report["end"]["sum_received"]["bits_per_second"] / 1e9,
+                       "retransmits": report["end"]["sum_sent"].get("retransmits", 0),
+                       "dropped": tb.loss_dropped() - dropped}
+                if system.startswith("weavefast"):
+                    peer = tb.status(tb.hosts[0])["peers"][0]
+                    row["sending"] = peer["segments"]["sending"]
+                    row["tx_segmented"] = peer["counters"].get("tx_segmented", 0)
+                figures[f"{rate:g}"] = row
+                print(f"{system}: {rate:g} % loss: TCP 1 stream {row['tcp1_gbps']:.3f} Gbit/s, "
+                      f"{row['retransmits']} retransmits, {row['dropped']} datagrams dropped"
+                      + (f", sending {row['sending']}" if "sending" in row else ""), flush=True)
+        except (OSError, subprocess.SubprocessError, RuntimeError, ValueError, KeyError) as e:
+            raise BenchError(f"{type(e).__name__}: {e}{_router_logs(tb)}") from e
+    return figures
+
+
+def format_loss(results):
+    """One row per loss rate: each system's Gbit/s, weavefast's ratio to VXLAN."""
+    systems = list(results["systems"])
+    wf = [s for s in systems if s.startswith("weavefast")]
+    header = ["loss %", *(f"{s} Gbit/s" for s in systems),
+              *(f"{s}/vxlan" for s in wf if "vxlan" in systems), *(f"{s} sends" for s in wf)]
+    rows = [header]
+    for rate in results["loss_percent"]:
+        key = f"{rate:g}"
+        values = {s: results["systems"][s].get(key, {}) for s in systems}
+        row = [key, *(_number(values[s]["tcp1_gbps"]) if "tcp1_gbps" in values[s] else "-" for s in systems)]
+        if "vxlan" in systems:
+            base = values["vxlan"].get("tcp1_gbps")
+            row += [f"{values[s]['tcp1_gbps'] / base:.2f}x" if base and "tcp1_gbps" in values[s] else "-"
+                    for s in wf]
+        row += [values[s].get("sending", "-") for s in wf]
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    medians_of = f"medians of {results['repeat']} rounds, " if results.get("repeat", 1) > 1 else ""
+    lines.append(f"TCP 1 stream ({results['congestion_control']}), {medians_of}iperf3 runs of {results['duration_s']:g} s, "
+                 "each underlay datagram of the system's UDP port dropped independently with that "
+                 f"probability, both directions; {results['cpus']} CPUs, load average "
+                 f"{results['load_average_before'][0]:.2f} before, {results['load_average_after'][0]:.2f} after")
+    lines += [f"{s}: FAILED: {e.splitlines()[0]}" for s, e in results["errors"].items()]
+    return "\n".join(lines)
+
+
 # -- one system ---------------------------------------------------------------------
 
 def measure(system, variant, duration, pings, router_args, label=None):
@@ -311,12 +494,13 @@ def measure(system, variant, duration, pings, router_args, label=None):
             raise BenchError(f"{type(e).__name__}: {e}{_router_logs(tb)}") from e
 
 
-def build_testbed(variant, system, prefix=None):
-    """Two hosts with a container each, built as `variant` says; the caller
-    closes it (`with`)."""
+def build_testbed(variant, system, prefix=None, switch=False):
+    """Two hosts with a container each, built as `variant` says (joined by a
+    switch namespace with `switch`, where loss is made); the caller closes it
+    (`with`)."""
     tb = testbed.Testbed(hosts=2, containers_per_host=1, underlay_mtu=variant.underlay_mtu,
                          overlay_mtu=variant.container_mtu(system),
-                         prefix=prefix or testbed.unique_prefix(PREFIX_BASE))
+                         prefix=prefix or testbed.unique_prefix(PREFIX_BASE), switch=switch)
     try:
         for host in tb.hosts:
             if variant.ipv6_disabled:

@@ -67,6 +67,7 @@ class DataplaneConfig:
     fdb_max_age: int = 300
     workers: int = 1
     batch: int = 64
+    segments: str = "auto"   # TCP super-frames as segments: "never", "auto" (when the path loses datagrams), "always"
     offloads: dict = field(default_factory=lambda: dict(
         tap_csum=True, tap_tso=True, tap_uso=True, udp_gso=True, udp_gro=True))
 
@@ -112,7 +113,8 @@ class Dataplane:
                               for tap, rx, tx in zip(self._taps, self._socks, self._tx_socks)],
                 self.max_payload, self._family, udp_gso=self.offloads["udp_gso"],
                 fdb_capacity=cfg.fdb_capacity, fdb_max_age=cfg.fdb_max_age, batch=cfg.batch,
-                tap_uso=self.offloads["tap_uso"])
+                tap_uso=self.offloads["tap_uso"], tap_tso=self.offloads["tap_tso"],
+                segments=cfg.segments)
         except BaseException:
             self.close()
             raise
@@ -289,6 +291,10 @@ class Dataplane:
     def set_peer_up(self, peer_id: int, up: bool) -> None:
         self.engine.set_peer_up(peer_id, up)
 
+    def set_peer_loss_reports(self, peer_id: int, understood: bool) -> None:
+        """Whether the peer's router reads the loss flag (control protocol 3 and later)."""
+        self.engine.set_peer_loss_reports(peer_id, understood)
+
     def set_route(self, dst_peer: int, via_peer: int | None) -> None:
         self.engine.set_route(dst_peer, via_peer)
 
@@ -303,6 +309,15 @@ class Dataplane:
 
     def peer_counters(self) -> dict[int, dict[str, int]]:
         return self.engine.peer_counters()
+
+    def peer_segments(self) -> dict[int, dict[str, bool]]:
+        """{peer_id: {"segments", "loss_reported"}}: TCP super-frames to the
+        peer go as segments now; we tell it that its datagrams get lost."""
+        return self.engine.peer_segments()
+
+    @property
+    def segments_mode(self) -> str:
+        return self.engine.segments_mode if self.engine is not None else self.config.segments
 
     def fdb_entries(self) -> list[dict]:
         return [{"mac": ":".join(f"{b:02x}" for b in mac), "vlan": vlan, "peer": peer, "age": age}

@@ -29,6 +29,9 @@ KEY_LEN = 32
 TOKEN_LEN = 16
 CIPHER_NONE, CIPHER_AES_256_GCM, CIPHER_CHACHA20_POLY1305 = 0, 1, 2
 REPLAY_WINDOW = 8192
+FLAG_LOSS = 0x80  # top bit of the hops byte: "your datagrams get lost on the way to me"
+TSO_MAX_SEGMENTS = 64  # TCP segments joined into one super-frame for the TAP
+TSO_MAX_SPLIT = 512  # segments one super-frame may be cut into
 
 ETH_HLEN = 14
 ETH_P_8021Q = 0x8100
@@ -442,3 +445,177 @@ class ForwardingTable:
         """Learn the source of a frame received from `src_peer`."""
         _dst, src, vlan = _frame_addresses(frame)
         self.learn(src, vlan, src_peer, now)
+
+
+# --- TCP segmentation and coalescing (segments mode, ext/includes/tso.h) ---
+
+_VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+VIRTIO_NET_HDR_GSO_TCPV4 = 1
+VIRTIO_NET_HDR_GSO_ECN = 0x80
+TCP_FIN, TCP_PSH, TCP_ACK, TCP_CWR = 0x01, 0x08, 0x10, 0x80
+
+
+def _csum(data):
+    """The one's-complement sum of data (16-bit big-endian words), folded."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def _tcp_pseudo(ip, tcp_len):
+    return bytes(ip[12:20]) + bytes((0, 6)) + struct.pack("!H", tcp_len)
+
+
+def _ipv4_checksummed(ip):
+    ihl = (ip[0] & 15) * 4
+    ip[10:12] = b"\0\0"
+    ip[10:12] = struct.pack("!H", ~_csum(bytes(ip[:ihl])) & 0xFFFF)
+
+
+def tso_segment(super_frame):
+    """The Ethernet frames a TCPv4 super-frame read from the TAP (10-byte
+    virtio-net header + Ethernet) is sent as in segments mode: the segments the
+    kernel would have put on the wire (tcp_gso_segment), with complete
+    checksums; None when it is not cut here (not TCPv4 GSO, a VLAN tag,
+    lengths that do not add up, more than TSO_MAX_SPLIT segments: it goes as
+    fragments)."""
+    super_frame = bytes(super_frame)
+    if len(super_frame) < VNET_HDR_LEN + ETH_HLEN:
+        return None
+    _flags, gso_type, _hdr_len, mss, _start, _offset = _VNET_HDR.unpack_from(super_frame)
+    eth = super_frame[VNET_HDR_LEN:]
+    n = len(eth)
+    if gso_type & ~VIRTIO_NET_HDR_GSO_ECN != VIRTIO_NET_HDR_GSO_TCPV4 or mss == 0:
+        return None
+    if n < ETH_HLEN + 40 or eth[12:14] != b"\x08\x00":
+        return None
+    ip = eth[ETH_HLEN:]
+    ihl = (ip[0] & 15) * 4
+    if ip[0] >> 4 != 4 or ip[9] != 6 or struct.unpack_from("!H", ip, 6)[0] & 0x3FFF:
+        return None
+    if ihl < 20 or struct.unpack_from("!H", ip, 2)[0] != n - ETH_HLEN or n < ETH_HLEN + ihl + 20:
+        return None
+    doff = (ip[ihl + 12] >> 4) * 4
+    hdr = ETH_HLEN + ihl + doff
+    if doff < 20 or hdr >= n:
+        return None
+    payload = eth[hdr:]
+    nseg = -(-len(payload) // mss)
+    if nseg > TSO_MAX_SPLIT:
+        return None
+    ip_id, = struct.unpack_from("!H", ip, 4)
+    seq, = struct.unpack_from("!I", ip, ihl + 4)
+    frames = []
+    for i in range(nseg):
+        chunk = payload[i * mss:(i + 1) * mss]
+        head = bytearray(eth[:hdr])
+        iph = memoryview(head)[ETH_HLEN:]
+        tcp = iph[ihl:]
+        tcp_len = doff + len(chunk)
+        struct.pack_into("!HH", iph, 2, ihl + tcp_len, (ip_id + i) & 0xFFFF)
+        _ipv4_checksummed(iph)
+        struct.pack_into("!I", tcp, 4, (seq + i * mss) & 0xFFFFFFFF)
+        if i + 1 < nseg:
+            tcp[13] &= ~(TCP_FIN | TCP_PSH) & 0xFF
+        if i > 0:
+            tcp[13] &= ~TCP_CWR & 0xFF
+        tcp[16:18] = b"\0\0"
+        check = ~_csum(_tcp_pseudo(iph, tcp_len) + bytes(tcp) + chunk) & 0xFFFF
+        struct.pack_into("!H", tcp, 16, check)
+        del iph, tcp
+        frames.append(bytes(head) + chunk)
+    return frames
+
+
+def _tso_candidate(frame):
+    """(header length, payload) of a plain IPv4/TCP frame that may be
+    coalesced (flags ACK or ACK|PSH, no IP options, not a fragment, no
+    Ethernet padding, some payload), else None."""
+    n = len(frame)
+    if n < ETH_HLEN + 40 or frame[12:14] != b"\x08\x00":
+        return None
+    ip = frame[ETH_HLEN:]
+    if ip[0] != 0x45 or ip[9] != 6 or struct.unpack_from("!H", ip, 6)[0] & 0x3FFF:
+        return None
+    if struct.unpack_from("!H", ip, 2)[0] != n - ETH_HLEN:
+        return None
+    if ip[33] & ~TCP_PSH & 0xFF != TCP_ACK:
+        return None
+    hdr = ETH_HLEN + 20 + (ip[32] >> 4) * 4
+    if hdr < ETH_HLEN + 40 or hdr >= n:
+        return None
+    return hdr, frame[hdr:]
+
+
+def _tso_follows(first, frame, hdr, next_seq):
+    a, b = first[ETH_HLEN:], frame[ETH_HLEN:]
+    return (first[:12] == frame[:12] and a[1] == b[1] and a[6] & 0x40 == b[6] & 0x40
+            and a[8] == b[8] and a[12:20] == b[12:20]          # ToS, DF, TTL, addresses
+            and a[20:24] == b[20:24]                             # ports
+            and struct.unpack_from("!I", b, 24)[0] == next_seq  # adjacent
+            and a[28:33] == b[28:33]                             # ACK number, data offset
+            and a[33] & ~TCP_PSH & 0xFF == b[33] & ~TCP_PSH & 0xFF
+            and a[34:36] == b[34:36]                             # window
+            and a[40:hdr - ETH_HLEN] == b[40:hdr - ETH_HLEN])  # options
+
+
+def _tso_super_frame(chain):
+    first, hdr = chain[0][0], chain[0][1]
+    payloads = [payload for _, _, payload in chain]
+    total = sum(len(p) for p in payloads)
+    head = bytearray(first[:hdr])
+    ip = memoryview(head)[ETH_HLEN:]
+    tcp_len = hdr - ETH_HLEN - 20 + total
+    struct.pack_into("!H", ip, 2, 20 + tcp_len)
+    _ipv4_checksummed(ip)
+    if chain[-1][0][ETH_HLEN + 33] & TCP_PSH:
+        ip[33] |= TCP_PSH
+    struct.pack_into("!H", ip, 36, _csum(_tcp_pseudo(ip, tcp_len)))   # partial: the kernel finishes it
+    del ip
+    vnet = _VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, hdr,
+                          len(payloads[0]), ETH_HLEN + 20, 16)
+    return vnet + bytes(head) + b"".join(payloads)
+
+
+def tso_coalesce(frames):
+    """What the receiver writes to the TAP for plain Ethernet frames that
+    arrive in this order from one peer: a list of 10-byte virtio-net header +
+    Ethernet frame. Consecutive TCP segments of one flow become one TSO
+    super-frame (same MACs, ToS, TTL, DF, addresses, ports, ACK number,
+    window and options; adjacent sequence numbers; all but the last of the
+    first one's size; PSH only on the last; at most TSO_MAX_SEGMENTS and 65535
+    bytes of IP); anything else is written as it is, with a zero header."""
+    out, chain = [], []   # chain: [(frame, header length, payload)]
+
+    def flush():
+        if len(chain) == 1:
+            out.append(bytes(VNET_HDR_LEN) + chain[0][0])
+        elif chain:
+            out.append(_tso_super_frame(chain))
+        chain.clear()
+
+    for frame in frames:
+        frame = bytes(frame)
+        candidate = _tso_candidate(frame)
+        if candidate is None:
+            flush()
+            out.append(bytes(VNET_HDR_LEN) + frame)
+            continue
+        hdr, payload = candidate
+        if chain:
+            first, first_hdr, first_payload = chain[0]
+            total = sum(len(p) for _, _, p in chain)
+            next_seq = (struct.unpack_from("!I", first, ETH_HLEN + 24)[0] + total) & 0xFFFFFFFF
+            last_psh = chain[-1][0][ETH_HLEN + 33] & TCP_PSH
+            if (last_psh or len(chain) == TSO_MAX_SEGMENTS or hdr != first_hdr
+                    or len(payload) > len(first_payload) or total != len(chain) * len(first_payload)
+                    or hdr - ETH_HLEN + total + len(payload) > 65535
+                    or not _tso_follows(first, frame, hdr, next_seq)):
+                flush()
+        chain.append((frame, hdr, payload))
+    flush()
+    return out

@@ -57,6 +57,9 @@ def add_arguments(p) -> None:
     p.add_argument("--fdb-capacity", type=int, default=8192, help="MAC table entries (default 8192)")
     p.add_argument("--workers", type=int, default=1, help="forwarding workers: TAP queues and sockets (default 1)")
     p.add_argument("--batch", type=int, default=64, help="frames or datagrams per batch (1..256, default 64)")
+    p.add_argument("--segments", choices=("auto", "always", "never"), default="auto",
+                   help="send TCP super-frames as MSS-sized segments instead of fragments: auto "
+                        "(to a peer while its path loses datagrams, default), always, never")
     p.add_argument("--status-addr", default=DEFAULT_STATUS, metavar="HOST:PORT",
                    help="HTTP status API address, used by `weavefast status` (default 127.0.0.1:6784)")
     for flag in OFFLOAD_FLAGS:
@@ -135,7 +138,8 @@ def config_from_args(args):
     cfg = DataplaneConfig(peer_id=peer_id, port=args.port, bind=args.bind,
                           bridge=args.bridge, tap=args.tap, mtu=args.mtu,
                           fdb_capacity=args.fdb_capacity, fdb_max_age=args.fdb_max_age,
-                          workers=args.workers, batch=args.batch, offloads=offloads)
+                          workers=args.workers, batch=args.batch, segments=args.segments,
+                          offloads=offloads)
     control = ControlConfig(
         name=args.name, peer_id=peer_id, port=args.port,
         peers=[format_address(address) for address in peers], password=network_secret(args),

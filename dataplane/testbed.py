@@ -4,8 +4,8 @@ A `Testbed` builds:
 
 - one namespace per host (``<prefix>-h1``, ``<prefix>-h2``, ...) with an underlay
   interface ``ul0`` addressed 10.47.0.<i>/24. Two hosts are joined by one veth pair;
-  three or more by a bridge ``ul`` in a "switch" namespace (``<prefix>-sw``), each
-  host a veth to it;
+  three or more (or two with ``switch=True``) by a bridge ``ul`` in a "switch"
+  namespace (``<prefix>-sw``), each host a veth to it;
 - in every host namespace a Linux bridge (default ``weavefast``) for the overlay;
 - one namespace per container (``<prefix>-c1``, ...) whose ``eth0`` is a veth to
   the host's bridge, addressed 10.32.0.<n>/24 and fd00:32::<n>/64 (no IPv6 below an
@@ -44,6 +44,16 @@ global setting is changed. Names stay short whatever the host count (``h64``,
 ``vc12``: interface names are at most 15 bytes); the addresses (a /24 each for
 the underlay and the containers) allow 254 hosts and 254 containers, the switch
 bridge 1024 ports.
+
+Loss (`Testbed.set_loss(percent, ports)`, on a testbed with a switch): an nftables
+table ``wfloss`` (bridge family) in the switch namespace drops each UDP datagram to
+one of `ports` that crosses the switch with probability `percent` / 100,
+independently (``numgen random``), in both directions; TCP (the routers' control
+connections) and other ports pass untouched. The hosts' ``ul0`` get their
+segmentation offloads off (tso, gso, UDP GSO), so that GSO sends leave as
+datagrams and each meets the rule on its own, and GRO on (veth NAPI), so that what
+survives is merged again on receipt as a NIC would. Everything lives inside the
+testbed's namespaces and goes with them; `clear_loss()` removes the rule earlier.
 
 Processes started in a namespace get their own process group; `Testbed.close()`
 (idempotent, also run by the context manager and when construction fails) sends
@@ -259,9 +269,10 @@ class Testbed:
     """
 
     def __init__(self, hosts=2, containers_per_host=0, underlay_mtu=1500, overlay_mtu=None,
-                 prefix=None, bridge="weavefast", static_neighbours=None):
+                 prefix=None, bridge="weavefast", static_neighbours=None, switch=False):
         """`static_neighbours`: permanent ARP entries between the hosts' underlay
-        addresses (default: with more than STATIC_NEIGHBOURS_ABOVE hosts)."""
+        addresses (default: with more than STATIC_NEIGHBOURS_ABOVE hosts). `switch`:
+        two hosts also meet on a switch namespace (for set_loss) instead of one veth."""
         if hosts < 1:
             raise ValueError("a testbed needs at least one host")
         if hosts > UNDERLAY_NET.num_addresses - 2:
@@ -278,9 +289,11 @@ class Testbed:
         self.containers = []
         self.processes = []
         self.switch_netns = None
+        self._switch = switch
         self._namespaces = []  # creation order; removed in reverse
         self._log_dir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
         self._closed = False
+        self.loss = 0
         try:
             self._build_underlay(hosts)
             for host in self.hosts:
@@ -308,9 +321,9 @@ class Testbed:
             host = Host(name=f"h{i}", netns=ns, index=i, underlay_ip=str(UNDERLAY_NET[i]),
                         bridge=self.bridge)
             self.hosts.append(host)
-        if count == 2:
+        if count == 2 and not self._switch:
             self._veth(self.hosts[0].netns, "ul0", self.hosts[1].netns, "ul0", self.underlay_mtu)
-        elif count > 2:
+        elif count >= 2:
             # one netlink session in the switch for every port (each session in a
             # namespace costs pyroute2 a fork); the host ends come up below
             self.switch_netns = self._new_netns("sw")
@@ -638,6 +651,49 @@ class Testbed:
         shutil.rmtree(self._log_dir, ignore_errors=True)
         if errors:
             raise errors[0]
+
+    def set_loss(self, percent, ports=(ROUTER_PORT,)):
+        """Drops `percent` % (0 to 100, fractions allowed, resolution 0.001 %) of the UDP
+        datagrams to `ports` crossing the switch, each on its own; 0 removes the rule.
+        Needs a switch (``switch=True``). See the module docstring."""
+        if not 0 <= percent <= 100:
+            raise ValueError(f"loss {percent} % is not in 0..100")
+        if self.switch_netns is None:
+            raise ValueError("loss is dropped on the switch: build the testbed with switch=True")
+        threshold = round(percent * 1000)   # of numgen random mod 100000
+        self.run(self.switch_netns, ["nft", "delete table bridge wfloss"], check=False)
+        self.loss = percent
+        if threshold == 0:
+            return
+        for host in self.hosts:
+            # GRO shows as on by default but a veth only merges with NAPI, which
+            # turning it on (off first) starts.
+            for feature, on in (("tso", "off"), ("gso", "off"), ("tx-udp-segmentation", "off"),
+                                ("gro", "off"), ("gro", "on")):   # one at a time: a veth may lack one
+                self.run(host, ["ethtool", "-K", "ul0", feature, on], check=False)
+            # A veth hands its peer's NAPI only what it could not have sent as TSO.
+            self.run(self.switch_netns, ["ethtool", "-K", host.name, "tso", "off"], check=False)
+        portset = ", ".join(str(p) for p in ports)
+        self.run(self.switch_netns, ["nft", "-f", "-"], input=(
+            "table bridge wfloss {\n"
+            "  chain forward {\n"
+            "    type filter hook forward priority -200; policy accept;\n"
+            f"    udp dport {{ {portset} }} numgen random mod 100000 < {threshold} counter drop\n"
+            "  }\n"
+            "}\n"))
+
+    def clear_loss(self):
+        """Removes the rule set_loss() added (the hosts' offloads stay as it set them)."""
+        if self.switch_netns is not None:
+            self.run(self.switch_netns, ["nft", "delete table bridge wfloss"], check=False)
+        self.loss = 0
+
+    def loss_dropped(self):
+        """Datagrams the loss rule dropped so far."""
+        if self.switch_netns is None:
+            return 0
+        result = self.run(self.switch_netns, ["nft", "list table bridge wfloss"], check=False)
+        return sum(int(n) for n in re.findall(r"counter packets (\d+)", result.stdout))
 
     def leftovers(self):
         """`leftovers(prefix)`, plus any process this testbed started that still runs."""

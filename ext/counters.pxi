@@ -20,13 +20,15 @@ cdef enum:  # counters
     C_GSO_FALLBACKS
     C_SOCKET_OVERFLOWS
     C_USO_COALESCED
+    C_TSO_SEGMENTED
+    C_TSO_COALESCED
     C_COUNT
 
 COUNTER_NAMES = ("tap_rx_frames", "tap_rx_bytes", "tap_tx_frames", "tap_tx_bytes",
                  "udp_rx_datagrams", "udp_rx_bytes", "udp_tx_datagrams", "udp_tx_bytes",
                  "flooded_frames", "relayed_datagrams", "super_frames_tx", "super_frames_rx",
                  "control_rx", "tx_batches", "rx_batches", "gso_fallbacks",
-                 "socket_overflows", "uso_coalesced")
+                 "socket_overflows", "uso_coalesced", "tso_segmented", "tso_coalesced")
 
 cdef enum:
     N_STATS = C_COUNT + WF_DROP_COUNT

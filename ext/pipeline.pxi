@@ -8,19 +8,33 @@
 #       virtio-net header) -> classify each with the forwarding table (learn
 #       the source, find the destination peer or flood) -> emit records into
 #       per-peer datagrams, in place in the arena's headroom -> one sendmmsg
-#       (super-frames as FRAGMENT datagrams in UDP GSO sends).
+#       (super-frames as FRAGMENT datagrams in UDP GSO sends; TCP super-frames
+#       for a peer in segments mode as MSS-sized segments, one FRAMES
+#       datagram each, in the same UDP GSO sends).
 #   RX: one recvmmsg (UDP GRO: several datagrams per buffer) -> split into
 #       datagrams -> check the header, find the key by its id, check the
 #       counter against the replay window, open the datagram in place (the
 #       tag, or the token without a secret), mark the counter seen
 #       -> validate; FRAMES: write each frame to the TAP; FRAGMENT:
-#       reassemble, then write the super-frame whole; CONTROL: queue for
+#       reassemble, then write the super-frame whole (consecutive TCP or UDP
+#       segments of one flow are coalesced into one super-frame); CONTROL: queue for
 #       Python; datagrams for another peer: relay (sealed again for the next
 #       hop) -> learn sources, queue control messages and publish counters
 #       under the lock once.
 #
 # Sending seals every datagram on its own (udp.pxi): counters are taken from
 # the next hop's key in order, then each datagram is sealed, then sent.
+#
+# Segments mode (issue 13): a FRAGMENT message is lost whole when one of its
+# ~44 datagrams is, which a lossy path turns into a collapse. The receiver
+# counts the counters each neighbour's lanes skip (datagrams lost; late ones
+# count back) in windows of LOSS_WINDOW_MS; when a window loses LOSS_PERMILLE
+# or more, it sets WF_FLAG_LOSS in every datagram it seals for that neighbour
+# for LOSS_HOLD_MS. A router that opens a datagram with the flag sends its TCP
+# super-frames to that neighbour as segments for SEGMENTS_HOLD_MS from then
+# on; a path clean for that long goes back to fragments. The gaps measure the
+# path in both modes, so segments last as long as the loss does.
+# `--segments always|never` forces it.
 #
 # Threads and wake-ups: the RX thread ("wf-rx<i>") serves both directions
 # while the load is light: it polls the socket and the TAP, so a small
@@ -50,15 +64,29 @@ cdef enum:
     POLL_MS = 1000
     HELP_AFTER = 4       # busy rounds in a row before the RX thread calls the TX thread
     HELP_IDLE_MS = 2     # the TX thread hands the TAP back after this long without frames
+    LOSS_WINDOW_MS = 100      # loss is judged over windows this long
+    LOSS_PERMILLE = 1         # a window that loses this share of a neighbour's datagrams is lossy
+    LOSS_HOLD_MS = 2000       # we flag our datagrams to that neighbour this long after such a window
+    SEGMENTS_HOLD_MS = 10000  # segments to a neighbour this long after its last flagged datagram
+
+cdef enum:  # --segments
+    SEGMENTS_NEVER
+    SEGMENTS_AUTO
+    SEGMENTS_ALWAYS
+
+SEGMENTS_MODES = {"never": SEGMENTS_NEVER, "auto": SEGMENTS_AUTO, "always": SEGMENTS_ALWAYS}
 
 cdef enum:  # per-peer counters
     P_TX_FRAMES
     P_TX_BYTES
     P_RX_FRAMES
     P_RX_BYTES
+    P_TX_SEGMENTED       # super-frames sent as TCP segments
+    P_RX_LOST            # datagrams of the neighbour that did not arrive (counter gaps)
     P_COUNT
 
-PEER_COUNTER_NAMES = ("tx_frames", "tx_bytes", "rx_frames", "rx_bytes")
+PEER_COUNTER_NAMES = ("tx_frames", "tx_bytes", "rx_frames", "rx_bytes", "tx_segmented",
+                      "rx_lost_datagrams")
 
 
 cdef struct RxKey:
@@ -84,6 +112,9 @@ cdef struct Peer:
     uint8_t tx_key[WF_KEY_LEN]
     uint64_t tx_counter[MAX_WORKERS]   # one per lane, from lane << 56: lanes never share a nonce
     RxKey rx[RX_KEYS]
+    uint64_t seg_until            # send it TCP segments until then (ms): it reported loss
+    uint64_t loss_until           # flag what we seal for it until then (ms): its datagrams get lost
+    int loss_reports              # it reads the flag (older routers count it as hops, relays drop)
     # One window per key and sending lane: each lane's counters rise in order,
     # whatever the sender's workers do to each other. Kept last, out of what
     # reusing the slot clears: a window empties itself for a newer key.
@@ -124,6 +155,8 @@ cdef struct Shared:
     int gso
     unsigned batch
     int uso                       # the TAP takes UDP GSO super-frames
+    int tso                       # coalesce TCP segments into super-frames for the TAP
+    int segments                  # SEGMENTS_NEVER / AUTO / ALWAYS
     CtrlMsg ctrl[CTRL_SLOTS]
     unsigned ctrl_head
     unsigned ctrl_len
@@ -191,6 +224,15 @@ cdef struct Worker:
     int uso_slot
     uint8_t uso_hdr[WF_VNET_HDR_LEN + WF_USO_HDR_LEN]
     iovec uso_iov[WF_USO_MAX_SEGMENTS + 1]
+    # Consecutive TCP segments of one flow go to the TAP as one TSO super-frame.
+    wf_tso_chain tso
+    int tso_slot
+    uint8_t tso_hdr[WF_VNET_HDR_LEN + WF_TSO_HDR_MAX]
+    # Loss per neighbour (key slot), this window: datagrams opened, counters skipped.
+    uint64_t now                  # ms, once per batch
+    uint64_t loss_window          # when the window began (ms)
+    uint64_t rx_seen[MAX_PEERS]
+    int64_t rx_gap[MAX_PEERS]
     Learned learned[LEARN_MAX]
     unsigned nlearned
     RxControl rx_control[RX_CONTROL_MAX]
@@ -223,6 +265,7 @@ cdef void out_refresh(Shared *sh, Out *o) noexcept nogil:
         memcpy(&o.names[s], &p.addr, p.addrlen)
         o.namelens[s] = p.addrlen
         o.counters[s] = &p.tx_counter[o.lane]
+        o.loss_until[s] = &p.loss_until if p.loss_reports else NULL
         if o.seal[s].gen != p.tx_gen and wf_aead_set_key(&o.seal[s], p.tx_cipher, p.tx_key, p.tx_gen, 1):
             o.key_ids[s] = 0
 
@@ -311,8 +354,28 @@ cdef void tx_flush(Worker *w, Emitter *e, uint64_t *st) noexcept nogil:
         st[C_GSO_FALLBACKS] += 1
 
 
+cdef inline bint tx_segments(Shared *sh, int hop, uint64_t now) noexcept nogil:
+    """Whether TCP super-frames to this next hop go as segments."""
+    if sh.segments == SEGMENTS_AUTO:
+        return wf_load(&sh.peers[hop].seg_until) > now
+    return sh.segments == SEGMENTS_ALWAYS
+
+
 cdef inline void tx_emit(Worker *w, Emitter *e, uint64_t *st, PeerView *v, int slot,
-                         uint8_t *rec, unsigned n) noexcept nogil:
+                         uint8_t *rec, unsigned n, uint64_t now) noexcept nogil:
+    cdef int r
+    if (rec[2] & WF_RFLAG_VNET and WF_HEADER_LEN + n + WF_TRAILER_LEN > e.max_payload
+            and tx_segments(w.sh, v.hop[slot], now)):
+        r = emit_segmented(e, slot, v.hop[slot], v.templates[slot], rec, n)
+        if r == 1:
+            tx_flush(w, e, st)
+            r = emit_segmented(e, slot, v.hop[slot], v.templates[slot], rec, n)
+        if r == 0:
+            st[C_TSO_SEGMENTED] += 1
+            wf_count(&w.sh.peers[slot].stats[P_TX_SEGMENTED], 1)
+            w.tx_peer[slot][0] += 1
+            w.tx_peer[slot][1] += n
+            return
     if emit_record(e, slot, v.hop[slot], v.templates[slot], rec, n):
         tx_flush(w, e, st)
         if emit_record(e, slot, v.hop[slot], v.templates[slot], rec, n):
@@ -338,11 +401,13 @@ cdef unsigned tx_batch(Worker *w) noexcept nogil:
     cdef int64_t route, last_route = -3
     cdef uint64_t last_gen = 0
     cdef uint32_t now
+    cdef uint64_t ms
     n = tap_read_batch(w.tap_fd, &w.tx_arena, w.tx_lens, sh.batch, &err)
     if n == 0:
         return 0
     memset(st, 0, sizeof(st))
     now = now_seconds()
+    ms = now_ms()
     e.out = w.tx_out
     e.max_payload = sh.max_payload
     e.gso = sh.gso
@@ -388,14 +453,14 @@ cdef unsigned tx_batch(Worker *w) noexcept nogil:
                 slot = view_slot(v, <uint32_t>route)
                 last_route, last_slot, last_gen = route, slot, sh.fdb.generation
             if slot >= 0 and v.hop[slot] >= 0:
-                tx_emit(w, &e, st, v, slot, rec, rlen + WF_RECORD_HDR_LEN)
+                tx_emit(w, &e, st, v, slot, rec, rlen + WF_RECORD_HDR_LEN, ms)
                 continue
         if v.nflood == 0:
             st[C_COUNT + WF_DROP_NO_PEER] += 1
             continue
         st[C_FLOODED_FRAMES] += 1
         for k in range(v.nflood):
-            tx_emit(w, &e, st, v, v.flood[k], rec, rlen + WF_RECORD_HDR_LEN)
+            tx_emit(w, &e, st, v, v.flood[k], rec, rlen + WF_RECORD_HDR_LEN, ms)
     w.tx_msg = e.msg
     pthread_mutex_unlock(&sh.lock)
     tx_flush(w, &e, st)
@@ -520,6 +585,60 @@ cdef void rx_uso_flush(Worker *w, uint64_t *st) noexcept nogil:
     w.rx_peer[w.uso_slot][1] += n * WF_USO_HDR_LEN + w.uso_total
 
 
+cdef void rx_tso_flush(Worker *w, uint64_t *st) noexcept nogil:
+    """Writes the TCP segments held for coalescing: one super-frame, or the lone frame."""
+    cdef unsigned n = w.tso.n, count
+    cdef size_t bytes
+    cdef ssize_t r
+    if n == 0:
+        return
+    if n == 1:
+        w.tso.n = 0
+        rx_written(w, st, tap_write_frame(w.tap_fd, w.tso.first, w.tso.hdr + w.tso.total, False) == 0,
+                   w.tso.first, w.tso.hdr + w.tso.total, False, w.tso_slot)
+        return
+    bytes = n * w.tso.hdr + w.tso.total
+    count = wf_tso_finish(&w.tso, w.tso_hdr)
+    while True:
+        r = writev(w.tap_fd, w.tso.iov, count)
+        if r >= 0 or errno != EINTR:
+            break
+    if r < 0:
+        st[C_COUNT + WF_DROP_TAP_WRITE] += n
+        return
+    st[C_TAP_TX_FRAMES] += n
+    st[C_TAP_TX_BYTES] += bytes
+    st[C_TSO_COALESCED] += n
+    w.rx_peer[w.tso_slot][0] += n
+    w.rx_peer[w.tso_slot][1] += bytes
+
+
+cdef inline bint rx_tso_hold(Worker *w, const uint8_t *eth, size_t n, int src_slot,
+                             uint64_t *st) noexcept nogil:
+    """Holds a plain TCP segment for coalescing if it can be; False: write it as it is."""
+    cdef int r
+    if not w.sh.tso:
+        return False
+    if w.tso.n and src_slot != w.tso_slot:
+        rx_tso_flush(w, st)
+    r = wf_tso_join(&w.tso, eth, n)
+    if r == 0:
+        rx_tso_flush(w, st)
+        r = wf_tso_join(&w.tso, eth, n)
+    if r < 0:
+        rx_tso_flush(w, st)
+        return False
+    if w.tso.n == 1:   # a new chain: at most one coalescer holds frames
+        rx_uso_flush(w, st)
+        w.tso_slot = src_slot
+    return True
+
+
+cdef inline void rx_hold_flush(Worker *w, uint64_t *st) noexcept nogil:
+    rx_tso_flush(w, st)
+    rx_uso_flush(w, st)
+
+
 cdef inline bint rx_uso_hold(Worker *w, const uint8_t *eth, size_t n, int src_slot,
                              uint64_t *st) noexcept nogil:
     """Holds a plain frame for coalescing if it can be; False: write it as it is."""
@@ -532,6 +651,7 @@ cdef inline bint rx_uso_hold(Worker *w, const uint8_t *eth, size_t n, int src_sl
     if payload == 0:
         return False
     if w.uso_n == 0:
+        rx_tso_flush(w, st)
         w.uso_first = eth
         w.uso_segment = payload
         w.uso_total = 0
@@ -558,9 +678,9 @@ cdef void rx_deliver(Worker *w, const uint8_t *p, size_t n, uint32_t src_peer, i
             rx_learn(w, data + WF_VNET_HDR_LEN, rlen - WF_VNET_HDR_LEN, src_peer)
         else:
             rx_learn(w, data, rlen, src_peer)
-            if rx_uso_hold(w, data, rlen, src_slot, st):
+            if rx_tso_hold(w, data, rlen, src_slot, st) or rx_uso_hold(w, data, rlen, src_slot, st):
                 continue
-        rx_uso_flush(w, st)
+        rx_hold_flush(w, st)
         rx_written(w, st, tap_write_frame(w.tap_fd, data, rlen, has_vnet) == 0,
                    data, rlen, has_vnet, src_slot)
 
@@ -580,7 +700,7 @@ cdef void rx_reassemble(Worker *w, uint32_t src_peer, int src_slot, uint32_t msg
     rx_deliver(w, whole, total, src_peer, src_slot, st)
     # Frames held for coalescing point into the reassembly slot, which the next
     # fragment may reuse: write them now.
-    rx_uso_flush(w, st)
+    rx_hold_flush(w, st)
 
 
 cdef void rx_gather_spill(Worker *w, uint64_t *st) noexcept nogil:
@@ -606,7 +726,7 @@ cdef void rx_gather_deliver(Worker *w, uint64_t *st) noexcept nogil:
     if rlen != w.gather_total - WF_RECORD_HDR_LEN or first.iov_len < head or rlen < head - WF_RECORD_HDR_LEN:
         rx_gather_spill(w, st)   # several records, or an odd split: the general path
         return
-    rx_uso_flush(w, st)
+    rx_hold_flush(w, st)
     p += WF_RECORD_HDR_LEN
     rx_learn(w, p + WF_VNET_HDR_LEN if has_vnet else p,
              rlen - WF_VNET_HDR_LEN if has_vnet else rlen, w.gather_src)
@@ -676,6 +796,7 @@ cdef int rx_open(Worker *w, uint8_t *p, size_t n, wf_header *h) noexcept nogil:
     cdef wf_aead *a
     cdef wf_replay *r
     cdef int fresh
+    cdef int64_t gap
     if n < WF_HEADER_LEN + WF_TRAILER_LEN:
         return -1 - WF_DROP_SHORT
     if h.key_id == 0 or k >= RX_KEYS or slot >= w.rx_view.count or w.open_ids[slot][k] != h.key_id:
@@ -687,10 +808,32 @@ cdef int rx_open(Worker *w, uint8_t *p, size_t n, wf_header *h) noexcept nogil:
         return -1 - (WF_DROP_REPLAYED if fresh == 0 else WF_DROP_UNKNOWN_KEY)
     if wf_aead_open(a, h.counter, p, WF_HEADER_LEN, p + WF_HEADER_LEN, n - WF_HEADER_LEN - WF_TRAILER_LEN):
         return -1 - WF_DROP_BAD_TAG
-    fresh = wf_replay_accept(r, a.gen, h.counter)   # 0: a copy another thread opened meanwhile
+    fresh = wf_replay_accept_gap(r, a.gen, h.counter, &gap)   # 0: a copy another thread opened meanwhile
     if fresh <= 0:
         return -1 - (WF_DROP_REPLAYED if fresh == 0 else WF_DROP_UNKNOWN_KEY)
+    w.rx_seen[slot] += 1
+    w.rx_gap[slot] += gap
+    if h.loss and wf_load(&w.sh.peers[slot].seg_until) < w.now + SEGMENTS_HOLD_MS - LOSS_WINDOW_MS:
+        wf_store_release(&w.sh.peers[slot].seg_until, w.now + SEGMENTS_HOLD_MS)   # authenticated: opened above
     return slot
+
+
+cdef void rx_loss_window(Worker *w) noexcept nogil:
+    """Once a window: a neighbour that lost LOSS_PERMILLE of its datagrams to
+    us gets WF_FLAG_LOSS on what we seal for it for LOSS_HOLD_MS."""
+    cdef unsigned s
+    cdef int64_t lost
+    if w.now - w.loss_window < LOSS_WINDOW_MS:
+        return
+    w.loss_window = w.now
+    for s in range(w.rx_view.count):
+        lost = w.rx_gap[s]
+        if lost > 0:
+            wf_count(&w.sh.peers[s].stats[P_RX_LOST], <uint64_t>lost)
+            if <uint64_t>lost * 1000 >= w.rx_seen[s] * LOSS_PERMILLE:
+                wf_store_release(&w.sh.peers[s].loss_until, w.now + LOSS_HOLD_MS)
+        w.rx_gap[s] = 0
+        w.rx_seen[s] = 0
 
 
 cdef void rx_datagram(Worker *w, uint8_t *p, size_t n, unsigned name, uint64_t *st) noexcept nogil:
@@ -778,6 +921,7 @@ cdef unsigned rx_batch(Worker *w) noexcept nogil:
     if n <= 0:
         return 0
     memset(st, 0, sizeof(st))
+    w.now = now_ms()
     if w.rx_view.generation != wf_load_acquire(&sh.generation):
         pthread_mutex_lock(&sh.lock)
         view_refresh(sh, &w.rx_view, w.relay_out)
@@ -800,7 +944,8 @@ cdef unsigned rx_batch(Worker *w) noexcept nogil:
         out_flush(w.relay_out, w.udp_fd, st)
     if w.gather_n:
         rx_gather_spill(w, st)   # the receive buffers are about to be reused
-    rx_uso_flush(w, st)
+    rx_hold_flush(w, st)
+    rx_loss_window(w)
     rx_apply(w)
     if overflows > w.socket_overflows:
         st[C_SOCKET_OVERFLOWS] = overflows - w.socket_overflows
@@ -909,13 +1054,15 @@ cdef class Engine:
 
     def __cinit__(self, uint32_t local_peer, workers, unsigned max_payload, int family,
                   bint udp_gso=False, unsigned fdb_capacity=8192, unsigned fdb_max_age=300,
-                  unsigned batch=64, bint tap_uso=False):
+                  unsigned batch=64, bint tap_uso=False, bint tap_tso=False, str segments="auto"):
         if local_peer == 0:
             raise ValueError("peer id 0 is reserved for the local side")
         if not 1 <= batch <= MAX_BATCH:
             raise ValueError(f"batch {batch} is not in 1..{MAX_BATCH}")
         if not HDR_BLOCK + WF_TRAILER_LEN + WF_RECORD_HDR_LEN + WF_ETH_HLEN <= max_payload <= 65507:
             raise ValueError(f"max_payload {max_payload} is not in 70..65507")
+        if segments not in SEGMENTS_MODES:
+            raise ValueError(f"segments {segments!r} is not one of {', '.join(SEGMENTS_MODES)}")
         if not 1 <= len(workers) <= MAX_WORKERS:
             raise ValueError(f"1 to {MAX_WORKERS} workers, got {len(workers)}")
         self.family = family
@@ -931,6 +1078,8 @@ cdef class Engine:
         self.sh.gso = udp_gso
         self.sh.batch = batch
         self.sh.uso = tap_uso
+        self.sh.tso = tap_tso
+        self.sh.segments = SEGMENTS_MODES[segments]
         self.sh.generation = 1
         self.control_out = out_alloc(0)
         if self.control_out == NULL:
@@ -1179,6 +1328,16 @@ cdef class Engine:
         finally:
             pthread_mutex_unlock(&self.sh.lock)
 
+    def set_peer_loss_reports(self, uint32_t peer_id, bint understood):
+        """Whether the peer reads WF_FLAG_LOSS: only then do we set it towards it."""
+        pthread_mutex_lock(&self.sh.lock)
+        try:
+            s = self._slot_or_raise(peer_id)
+            self.sh.peers[s].loss_reports = understood
+            self._changed()
+        finally:
+            pthread_mutex_unlock(&self.sh.lock)
+
     def set_route(self, uint32_t dst_peer, via_peer=None):
         """Sends frames for dst_peer through via_peer (None: directly)."""
         pthread_mutex_lock(&self.sh.lock)
@@ -1213,6 +1372,21 @@ cdef class Engine:
                 totals[k] += wf_load(&w.tx_stats[k]) + wf_load(&w.rx_stats[k])
         return totals
 
+    def peer_segments(self):
+        """Per peer: whether TCP super-frames to it go as segments now
+        ("segments"), and whether we tell it that its datagrams get lost on
+        the way to us ("loss_reported")."""
+        cdef uint64_t now = now_ms()
+        result = {}
+        pthread_mutex_lock(&self.sh.lock)
+        for s in range(self.sh.peer_count):
+            if self.sh.peers[s].used:
+                result[self.sh.peers[s].id] = {
+                    "segments": bool(tx_segments(self.sh, s, now)),
+                    "loss_reported": wf_load(&self.sh.peers[s].loss_until) >= now}
+        pthread_mutex_unlock(&self.sh.lock)
+        return result
+
     def peer_counters(self):
         result = {}
         pthread_mutex_lock(&self.sh.lock)
@@ -1224,8 +1398,14 @@ cdef class Engine:
                 result[self.sh.peers[s].id]["tx_datagrams_sealed"] = sum(
                     wf_load(&self.sh.peers[s].tx_counter[lane]) - (<uint64_t>lane << 56)
                     for lane in range(MAX_WORKERS))
+
         pthread_mutex_unlock(&self.sh.lock)
         return result
+
+    @property
+    def segments_mode(self):
+        """--segments: never, auto or always."""
+        return {v: k for k, v in SEGMENTS_MODES.items()}[self.sh.segments]
 
     @property
     def udp_gso(self):

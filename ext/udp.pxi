@@ -1,6 +1,9 @@
 # UDP I/O. The TX side builds a vector of datagrams (an Out) per batch —
 # frames grouped per destination peer, small frames packed into one datagram,
-# super-frames split into FRAGMENT datagrams sent with UDP GSO — and hands the
+# super-frames split into FRAGMENT datagrams sent with UDP GSO, or, towards a
+# peer whose path loses datagrams, TCP super-frames cut into segments
+# (ext/includes/tso.h), each its own FRAMES datagram, in the same GSO sends —
+# and hands the
 # whole vector to sendmmsg. Datagram payloads are gathered with iovecs that
 # point into the packet arena.
 #
@@ -25,6 +28,15 @@ cdef enum:
     GSO_MAX_BYTES = 65000      # below the 65507-byte UDP limit, with IPv6 margin
     CMSG_BUF = 64              # room for UDP_GRO and SO_RXQ_OVFL on receive
     SEAL_BUF = 1 << 19         # sealed bytes handed to one sendmmsg
+    OUT_SEGHDRS = 2048         # TCP segments (software TSO) one Out holds
+    SEG_BLOCK = WF_HEADER_LEN + WF_RECORD_HDR_LEN + WF_TSO_HDR_MAX
+
+
+cdef inline uint64_t now_ms() noexcept nogil:
+    """Milliseconds of the coarse monotonic clock (a few ms resolution, no syscall)."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
+    return <uint64_t>ts.tv_sec * 1000 + <uint64_t>ts.tv_nsec // 1000000
 
 
 cdef struct Out:
@@ -39,12 +51,16 @@ cdef struct Out:
     unsigned niovs
     uint8_t hdrs[OUT_HDRS][HDR_BLOCK]
     unsigned nhdrs
+    uint8_t seghdrs[OUT_SEGHDRS][SEG_BLOCK]   # datagram + record + TCP/IP headers of a segment
+    unsigned nseghdrs
     int open_msg[MAX_PEERS]           # packed datagram being filled per destination, -1 none
     # Per next hop, copied from the peer table when the thread's view refreshes:
     sockaddr_storage names[MAX_PEERS]
     socklen_t namelens[MAX_PEERS]
     uint16_t key_ids[MAX_PEERS]       # the hop's index of our key; 0 = no session yet
     uint64_t *counters[MAX_PEERS]     # the peer table's counter of that key
+    uint64_t *loss_until[MAX_PEERS]   # the peer table's: until when (ms) we tell the hop we lose its datagrams
+    uint64_t now                      # milliseconds, read once per flush
     wf_aead seal[MAX_PEERS]
     uint8_t lane                      # this worker's index, for the receiver's steering
     iovec sealed[OUT_MSGS]
@@ -62,6 +78,7 @@ cdef void out_reset(Out *o) noexcept nogil:
     o.nmsgs = 0
     o.niovs = 0
     o.nhdrs = 0
+    o.nseghdrs = 0
     memset(o.open_msg, 0xff, sizeof(o.open_msg))
 
 
@@ -157,7 +174,6 @@ cdef int emit_fragmented(Emitter *e, int hop, const uint8_t *template,
     cdef unsigned nfrag = (total + chunk - 1) // chunk
     cdef unsigned per_msg = 1, segs, s, m, off = 0, clen
     cdef uint8_t *h
-    cdef cmsghdr *c
     if e.gso:
         per_msg = min(<unsigned>GSO_MAX_SEGMENTS, GSO_MAX_BYTES // e.max_payload)
     if not out_has_room(o, IOV_PER_SEGMENT * nfrag, nfrag) \
@@ -179,15 +195,72 @@ cdef int emit_fragmented(Emitter *e, int hop, const uint8_t *template,
             msg_append(o, m, NULL, WF_TRAILER_LEN)   # filled in when sent
             off += clen
         if segs > 1:
-            o.msgs[m].msg_hdr.msg_control = o.cmsgs[m]
-            o.msgs[m].msg_hdr.msg_controllen = wf_cmsg_space(sizeof(uint16_t))
-            c = wf_cmsg_first(&o.msgs[m].msg_hdr)
-            c.cmsg_level = SOL_UDP
-            c.cmsg_type = UDP_SEGMENT
-            c.cmsg_len = wf_cmsg_len(sizeof(uint16_t))
-            (<uint16_t *>wf_cmsg_data(c))[0] = e.max_payload
-            o.segments[m] = segs
+            gso_cmsg(o, m, segs, e.max_payload)
     e.msg += 1
+    return 0
+
+
+cdef inline void gso_cmsg(Out *o, unsigned m, unsigned segs, unsigned size) noexcept nogil:
+    """Makes message m one UDP GSO send of `segs` datagrams of `size` bytes."""
+    cdef cmsghdr *c
+    o.msgs[m].msg_hdr.msg_control = o.cmsgs[m]
+    o.msgs[m].msg_hdr.msg_controllen = wf_cmsg_space(sizeof(uint16_t))
+    c = wf_cmsg_first(&o.msgs[m].msg_hdr)
+    c.cmsg_level = SOL_UDP
+    c.cmsg_type = UDP_SEGMENT
+    c.cmsg_len = wf_cmsg_len(sizeof(uint16_t))
+    (<uint16_t *>wf_cmsg_data(c))[0] = size
+    o.segments[m] = segs
+
+
+# Software TSO. `rec` is a record with RFLAG_VNET (record header, virtio-net
+# header, Ethernet super-frame). Returns 0 when its segments were queued, 1
+# when the Out must be flushed first (nothing was queued), -1 when it is not
+# a super-frame cut here (TCPv6, VLAN, a segment too large for a datagram):
+# it goes as fragments.
+cdef int emit_segmented(Emitter *e, int dst, int hop, const uint8_t *template,
+                        uint8_t *rec, unsigned total) noexcept nogil:
+    cdef Out *o = e.out
+    cdef virtio_net_hdr *vh = <virtio_net_hdr *>(rec + WF_RECORD_HDR_LEN)
+    cdef uint8_t *eth = rec + WF_RECORD_HDR_LEN + WF_VNET_HDR_LEN
+    cdef size_t n = total - WF_RECORD_HDR_LEN - WF_VNET_HDR_LEN, mss = 0, hdr, payload, off = 0, clen
+    cdef unsigned nseg, per_msg = 1, segs, s, i = 0, m, size
+    cdef uint8_t *b
+    if total < WF_RECORD_HDR_LEN + WF_VNET_HDR_LEN:
+        return -1
+    hdr = wf_tso_plan(vh, eth, n, &mss)
+    if hdr == 0:
+        return -1
+    size = WF_HEADER_LEN + WF_RECORD_HDR_LEN + hdr + mss + WF_TRAILER_LEN
+    if size > e.max_payload:
+        return -1
+    payload = n - hdr
+    nseg = (payload + mss - 1) // mss
+    if e.gso:
+        per_msg = min(<unsigned>GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size)
+    if not out_has_room(o, IOV_PER_SEGMENT * nseg, 0) or o.nseghdrs + nseg > OUT_SEGHDRS \
+            or o.nmsgs + nseg // per_msg + 1 > OUT_MSGS:
+        return 1
+    o.open_msg[dst] = -1   # later records must not overtake the segments
+    while i < nseg:
+        segs = min(per_msg, nseg - i)
+        m = out_new_msg(o, hop, IOV_PER_SEGMENT * segs)
+        o.trail[m] = False
+        for s in range(segs):
+            clen = min(mss, payload - off)
+            b = o.seghdrs[o.nseghdrs]
+            o.nseghdrs += 1
+            memcpy(b, template, WF_HEADER_LEN)
+            wf_put_record_header(b + WF_HEADER_LEN, <uint16_t>(hdr + clen), 0)
+            wf_tso_segment(b + WF_HEADER_LEN + WF_RECORD_HDR_LEN, eth, hdr, mss, i, nseg,
+                           eth + hdr + off, clen)
+            msg_append(o, m, b, WF_HEADER_LEN + WF_RECORD_HDR_LEN + hdr)
+            msg_append(o, m, eth + hdr + off, clen)
+            msg_append(o, m, NULL, WF_TRAILER_LEN)   # filled in when sent
+            off += clen
+            i += 1
+        if segs > 1:
+            gso_cmsg(o, m, segs, size)
     return 0
 
 
@@ -222,8 +295,11 @@ cdef long out_seal(Out *o, unsigned m, uint8_t *buf, size_t room) noexcept nogil
     cdef uint64_t counter
     cdef long r
     cdef size_t used = 0
+    cdef bint loss
+    cdef uint8_t *h
     if o.key_ids[hop] == 0:
         return -1
+    loss = o.loss_until[hop] != NULL and wf_load(o.loss_until[hop]) >= o.now
     if o.trail[m]:   # a packed or relayed datagram: its trailer goes last
         msg_append(o, m, NULL, WF_TRAILER_LEN)
         o.trail[m] = False
@@ -233,7 +309,10 @@ cdef long out_seal(Out *o, unsigned m, uint8_t *buf, size_t room) noexcept nogil
     counter = wf_take(o.counters[hop], segs)
     for s in range(segs):
         first = s * per
-        wf_patch_header(<uint8_t *>mh.msg_iov[first].iov_base, o.lane, o.key_ids[hop], counter + s)
+        h = <uint8_t *>mh.msg_iov[first].iov_base
+        wf_patch_header(h, o.lane, o.key_ids[hop], counter + s)
+        if loss:
+            h[5] |= WF_FLAG_LOSS
         if a.cipher == WF_CIPHER_NONE:
             mh.msg_iov[first + per - 1].iov_base = a.token
             continue
@@ -277,6 +356,7 @@ cdef int out_flush(Out *o, int fd, uint64_t *st) noexcept nogil:
     cdef size_t used = 0
     cdef long r
     cdef int err, last_err = 0
+    o.now = now_ms()
     for m in range(o.nmsgs):
         r = out_seal(o, m, o.seal_buf + used, SEAL_BUF - used)
         if r == -2:   # the seal buffer is full: send what it holds, then reuse it

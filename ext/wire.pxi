@@ -20,6 +20,9 @@ CIPHER_NONE = WF_CIPHER_NONE
 CIPHER_AES_256_GCM = WF_CIPHER_AES_256_GCM
 CIPHER_CHACHA20_POLY1305 = WF_CIPHER_CHACHA20_POLY1305
 REPLAY_WINDOW = WF_REPLAY_WINDOW
+FLAG_LOSS = WF_FLAG_LOSS
+TSO_MAX_SEGMENTS = WF_TSO_MAX_SEGMENTS
+TSO_MAX_SPLIT = WF_TSO_MAX_SPLIT
 
 class MalformedDatagram(ValueError):
     """A datagram or frame that cannot be forwarded; `reason` names the drop counter."""
@@ -137,7 +140,7 @@ def decode_datagram(const uint8_t[:] data):
         fragment = (msg, total, offset, bytes(data[WF_HEADER_LEN + WF_FRAG_HDR_LEN:]))
     else:
         control = bytes(data[WF_HEADER_LEN:])
-    return Datagram(h.type, h.lane, h.hops, h.key_id, h.src_peer, h.dst_peer, h.counter,
+    return Datagram(h.type, h.lane, h.hops | (WF_FLAG_LOSS if h.loss else 0), h.key_id, h.src_peer, h.dst_peer, h.counter,
                     records, fragment, control)
 
 
@@ -224,3 +227,71 @@ def uso_headers(const uint8_t[:] first_frame, size_t segment, size_t total):
         return None
     wf_uso_headers(out, &first_frame[0], segment, total)
     return bytes(out[:sizeof(out)])
+
+
+def tso_segment(const uint8_t[:] super_frame):
+    """The Ethernet frames the TX thread sends for a TCPv4 super-frame read from
+    the TAP (virtio-net header + Ethernet), in segments mode; None when it is
+    not cut (it goes as fragments)."""
+    cdef size_t n = super_frame.shape[0], hdr, mss = 0, payload, off = 0, clen
+    cdef unsigned nseg, i
+    cdef const uint8_t *eth
+    cdef uint8_t out[WF_TSO_HDR_MAX]
+    if n < WF_VNET_HDR_LEN + WF_ETH_HLEN:
+        return None
+    eth = &super_frame[0] + WF_VNET_HDR_LEN
+    hdr = wf_tso_plan(<const virtio_net_hdr *>&super_frame[0], eth, n - WF_VNET_HDR_LEN, &mss)
+    if hdr == 0:
+        return None
+    payload = n - WF_VNET_HDR_LEN - hdr
+    nseg = (payload + mss - 1) // mss
+    frames = []
+    for i in range(nseg):
+        clen = min(mss, payload - off)
+        wf_tso_segment(out, eth, hdr, mss, i, nseg, eth + hdr + off, clen)
+        frames.append(bytes(out[:hdr]) + bytes(eth[hdr + off:hdr + off + clen]))
+        off += clen
+    return frames
+
+
+def tso_coalesce(frames):
+    """What the RX thread writes to the TAP for plain Ethernet frames arriving
+    in this order from one peer: each item is a virtio-net header + Ethernet
+    frame, TCP segments of one flow joined into TSO super-frames."""
+    cdef wf_tso_chain *c = <wf_tso_chain *>calloc(1, sizeof(wf_tso_chain))
+    cdef uint8_t hdrs[WF_VNET_HDR_LEN + WF_TSO_HDR_MAX]
+    cdef const uint8_t *p
+    cdef int r
+    if c == NULL:
+        raise MemoryError()
+    held = [bytes(f) for f in frames]
+    out = []
+    try:
+        for f in held:
+            if len(f) == 0:
+                out.append(bytes(WF_VNET_HDR_LEN))
+                continue
+            p = f
+            r = wf_tso_join(c, p, len(f))
+            if r == 0:
+                _tso_flush(c, hdrs, out)
+                r = wf_tso_join(c, p, len(f))
+            if r < 0:
+                _tso_flush(c, hdrs, out)
+                out.append(bytes(WF_VNET_HDR_LEN) + f)
+        _tso_flush(c, hdrs, out)
+    finally:
+        free(c)
+    return out
+
+
+cdef _tso_flush(wf_tso_chain *c, uint8_t *hdrs, list out):
+    cdef unsigned count, i
+    if c.n == 0:
+        return
+    if c.n == 1:
+        c.n = 0
+        out.append(bytes(WF_VNET_HDR_LEN) + (<const uint8_t *>c.first)[:c.hdr + c.total])
+        return
+    count = wf_tso_finish(c, hdrs)
+    out.append(b"".join([(<uint8_t *>c.iov[i].iov_base)[:c.iov[i].iov_len] for i in range(count)]))

@@ -3,8 +3,8 @@
  *
  * A line-by-line C transcription of ext/pipeline.pxi's rx_datagram (after
  * rx_open), rx_fragment, rx_gather_spill, rx_gather_deliver, rx_reassemble,
- * rx_deliver, rx_uso_hold and rx_uso_flush over the real wire.h, reasm.h and
- * uso.h; the TAP writes are replaced by checks. Keep it in step with
+ * rx_deliver, rx_uso_hold, rx_uso_flush, rx_tso_hold and rx_tso_flush over the
+ * real wire.h, reasm.h, uso.h and tso.h; the TAP writes are replaced by checks. Keep it in step with
  * pipeline.pxi. What it checks:
  *  - every frame written to the TAP is exactly a record as it arrived (the
  *    bytes a frame held for coalescing points at must not change before it
@@ -27,6 +27,7 @@
 #include "wire.h"
 #include "reasm.h"
 #include "uso.h"
+#include "tso.h"
 #include "aead.h"
 
 #define LOCAL 100
@@ -51,7 +52,14 @@ typedef struct {
     /* snapshots of what is held, to check it is written unchanged */
     uint8_t uso_first_copy[WF_USO_HDR_LEN];
     uint8_t *uso_copy[WF_USO_MAX_SEGMENTS + 1];
+    /* tso */
+    wf_tso_chain tso;
+    int tso_slot;
+    uint8_t tso_first_copy[WF_TSO_HDR_MAX];
+    uint8_t *tso_copy[WF_TSO_MAX_SEGMENTS + 1];
 } worker;
+
+static void rx_tso_flush(worker *w);
 
 static worker W;
 
@@ -81,6 +89,7 @@ static int rx_uso_hold(worker *w, const uint8_t *eth, size_t n, int src_slot) {
         rx_uso_flush(w);
     if (payload == 0) return 0;
     if (w->uso_n == 0) {
+        rx_tso_flush(w);
         w->uso_first = eth;
         memcpy(w->uso_first_copy, eth, WF_USO_HDR_LEN);
         w->uso_segment = payload;
@@ -95,6 +104,49 @@ static int rx_uso_hold(worker *w, const uint8_t *eth, size_t n, int src_slot) {
     return 1;
 }
 
+static void rx_tso_flush(worker *w) {
+    unsigned n = w->tso.n;
+    uint8_t hdr[WF_VNET_HDR_LEN + WF_TSO_HDR_MAX];
+    if (n == 0) return;
+    FUZZ_CHECK(memcmp(w->tso.first, w->tso_first_copy, w->tso.hdr) == 0);
+    for (unsigned i = 1; i <= n; i++) {
+        FUZZ_CHECK(memcmp(w->tso.iov[i].iov_base, w->tso_copy[i], w->tso.iov[i].iov_len) == 0);
+        tap_write(w->tso.iov[i].iov_base, w->tso.iov[i].iov_len);
+    }
+    if (n == 1) {
+        w->tso.n = 0;
+        tap_write(w->tso.first, w->tso.hdr + w->tso.total);
+        return;
+    }
+    FUZZ_CHECK(wf_tso_finish(&w->tso, hdr) == n + 1);
+}
+
+static int rx_tso_hold(worker *w, const uint8_t *eth, size_t n, int src_slot) {
+    if (w->tso.n && src_slot != w->tso_slot) rx_tso_flush(w);
+    int r = wf_tso_join(&w->tso, eth, n);
+    if (r == 0) {
+        rx_tso_flush(w);
+        r = wf_tso_join(&w->tso, eth, n);
+        FUZZ_CHECK(r == 1);
+    }
+    if (r < 0) {
+        rx_tso_flush(w);
+        return 0;
+    }
+    if (w->tso.n == 1) {
+        rx_uso_flush(w);
+        w->tso_slot = src_slot;
+        memcpy(w->tso_first_copy, eth, w->tso.hdr);
+    }
+    memcpy(w->tso_copy[w->tso.n], w->tso.iov[w->tso.n].iov_base, w->tso.iov[w->tso.n].iov_len);
+    return 1;
+}
+
+static void rx_hold_flush(worker *w) {
+    rx_tso_flush(w);
+    rx_uso_flush(w);
+}
+
 static void rx_deliver(worker *w, const uint8_t *p, size_t n, int src_slot) {
     size_t off = 0;
     while (off < n) {
@@ -102,8 +154,9 @@ static void rx_deliver(worker *w, const uint8_t *p, size_t n, int src_slot) {
         int has_vnet = p[off + 2] & WF_RFLAG_VNET;
         const uint8_t *data = p + off + WF_RECORD_HDR_LEN;
         off += WF_RECORD_HDR_LEN + rlen;
-        if (!has_vnet && rx_uso_hold(w, data, rlen, src_slot)) continue;
-        rx_uso_flush(w);
+        if (!has_vnet && (rx_tso_hold(w, data, rlen, src_slot) || rx_uso_hold(w, data, rlen, src_slot)))
+            continue;
+        rx_hold_flush(w);
         tap_write(data, rlen);
     }
 }
@@ -115,7 +168,7 @@ static void rx_reassemble(worker *w, uint32_t src, int src_slot, uint32_t msg, u
     if (!whole) return;
     if (wf_check_records(whole, total, &count)) return;
     rx_deliver(w, whole, total, src_slot);
-    rx_uso_flush(w);   /* the slot is free again once feed returned */
+    rx_hold_flush(w);   /* the slot is free again once feed returned */
 }
 
 static void rx_gather_spill(worker *w) {
@@ -140,7 +193,7 @@ static void rx_gather_deliver(worker *w) {
         rx_gather_spill(w);
         return;
     }
-    rx_uso_flush(w);
+    rx_hold_flush(w);
     size_t sum = 0;
     for (unsigned i = 1; i <= w->gather_n; i++) {
         tap_write(w->gather_iov[i].iov_base, w->gather_iov[i].iov_len);
@@ -202,9 +255,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!w->reasm.slots) {
         if (wf_reasm_init(&w->reasm, 2)) abort();
         for (unsigned i = 0; i <= WF_USO_MAX_SEGMENTS; i++) w->uso_copy[i] = malloc(65536);
+        for (unsigned i = 0; i <= WF_TSO_MAX_SEGMENTS; i++) w->tso_copy[i] = malloc(65536);
     }
     for (unsigned i = 0; i < w->reasm.nslots; i++) w->reasm.slots[i].have = 0;
-    w->gather_n = w->uso_n = 0;
+    w->gather_n = w->uso_n = w->tso.n = 0;
     while (fuzz_left(&in) >= 2) {
         uint16_t len = fuzz_u16(&in);
         int end = len == 0xffff || nb == BATCH;
@@ -220,7 +274,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         if (end || fuzz_left(&in) < 2) {   /* the end of rx_batch */
             if (w->gather_n) rx_gather_spill(w);
-            rx_uso_flush(w);
+            rx_hold_flush(w);
             for (unsigned i = 0; i < nb; i++) free(bufs[i]);   /* reused by the next recvmmsg */
             nb = 0;
         }

@@ -188,6 +188,29 @@ def uso_seeds():
     }
 
 
+def tcp_segment(seq, payload, flags=0x10, sport=40001):
+    tcp = struct.pack("!HHIIBBHHH", sport, 5201, seq, 1, 0x80, flags, 502, 0, 0) + \
+        b"\x01\x01\x08\x0a" + struct.pack("!II", 12345, 678) + payload
+    return eth(MAC_B, MAC_A, 0x0800, ipv4(6, tcp))
+
+
+def tso_seeds():
+    """fuzz_tso.c: a virtio-net header, then frames (2-byte length each); the first one
+    is also cut as a super-frame behind that header."""
+    def item(frame):
+        return struct.pack("!H", len(frame)) + frame
+    sf = tso_superframe(9000)
+    segs = [tcp_segment(1000 + i * 1000, bytes([i]) * 1000) for i in range(5)]
+    return {
+        "superframe": sf[:10] + item(sf[10:]) + b"".join(item(x) for x in segs),
+        "in_order": bytes(10) + b"".join(item(x) for x in segs),
+        "out_of_order": bytes(10) + b"".join(item(segs[i]) for i in (0, 2, 1, 3, 4)),
+        "two_flows": bytes(10) + b"".join(item(tcp_segment(1000 + (i // 2) * 1000, b"z" * 1000, sport=40001 + i % 2))
+                                          for i in range(6)),
+        "psh_last": bytes(10) + b"".join(item(x) for x in segs[:3]) + item(tcp_segment(4000, b"e" * 10, 0x18)),
+    }
+
+
 def rxpath_seeds(dgrams):
     """fuzz_rxpath.c: receive batches of datagrams (2-byte length each, 0xffff ends a batch),
     src_peer 1..3 known, this router 100."""
@@ -212,6 +235,8 @@ def rxpath_seeds(dgrams):
         "tso_two_batches": item(tso[0]) + b"\xff\xff" + b"".join(item(d) for d in tso[1:]),
         "interleaved": b"".join(item(a) + item(b) for a, b in zip(tso, vlan + frames_)),
         "udp_flow": b"".join(item(renumber(by_name["frames_udp"], 1)) for _ in range(6)),
+        "tcp_segments": b"".join(item(ref.encode_datagrams(1, 0, 10 + i, [(0, tcp_segment(1000 + i * 1000, bytes([i]) * 1000))],
+                                                           1472)[0]) for i in range(5)),
         "reassembled_then_new": item(frag(1, 1, len(rec), 0, rec[:60])) + b"\xff\xff"
                                 + item(frag(1, 1, len(rec), 60, rec[60:])) + item(frag(2, 5, 3000, 0, b"\xee" * 200)),
     }
@@ -245,6 +270,7 @@ def main():
     write("reasm", reasm_seeds(dgrams))
     write("rxpath", rxpath_seeds(dgrams))
     write("uso", uso_seeds())
+    write("tso", tso_seeds())
     # fuzz_aead.c: 3 steering bytes, then a datagram sealed with its key (and one in the clear).
     aead = {}
     for n, d in dgrams[::3]:

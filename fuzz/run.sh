@@ -2,7 +2,7 @@
 # Builds and runs fuzz targets, one after the other, each for FUZZ_SECONDS
 # (default 600). Usage: fuzz/run.sh [target...]  (default: all of them)
 #
-#   C targets (libFuzzer + ASan + UBSan): datagram rxpath reasm uso aead replay
+#   C targets (libFuzzer + ASan + UBSan): datagram rxpath reasm uso tso aead replay
 #   Python targets (atheris):             control reference
 #
 # Each starts from its committed seed corpus fuzz/corpus/<target>/ (read
@@ -16,7 +16,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${FUZZ_SECONDS:-600}
-C_TARGETS=(datagram rxpath reasm uso aead replay)
+C_TARGETS=(datagram rxpath reasm uso tso aead replay)
 PY_TARGETS=(control reference)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${C_TARGETS[@]}" "${PY_TARGETS[@]}")
@@ -26,7 +26,7 @@ CC=${FUZZ_CC:-clang}
 CFLAGS=(-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
         -D_GNU_SOURCE -Iext/includes -Ifuzz)
 
-declare -A dict=([datagram]=datagram [rxpath]=datagram [reasm]= [uso]= [aead]=datagram [replay]= [control]=control [reference]=datagram)
+declare -A dict=([datagram]=datagram [rxpath]=datagram [reasm]= [uso]= [tso]= [aead]=datagram [replay]= [control]=control [reference]=datagram)
 failed=()
 for t in "${targets[@]}"; do
   if [ -f "fuzz/fuzz_$t.c" ]; then

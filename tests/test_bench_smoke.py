@@ -70,3 +70,32 @@ def test_bench_matrix_names_its_variants_when_given_an_unknown_one():
     result = weavefast_bench("--matrix", "default,no-such-variant", timeout=60)
     assert result.returncode == 2
     assert f"choose from {', '.join(bench.VARIANT_NAMES)}" in result.stderr
+
+
+@pytest.mark.root
+def test_quick_loss_bench_reports_each_rate_and_cleans_up(tmp_path):
+    reason = testbed.netns_available()
+    if reason:
+        pytest.skip(reason)
+    if shutil.which("iperf3") is None or shutil.which("nft") is None:
+        pytest.skip("needs iperf3 and nft: apt-get install iperf3 nftables")
+    json_path = tmp_path / "loss.json"
+    proc = subprocess.Popen([sys.executable, "-m", "dataplane", "bench", "--quick", "--loss", "0,10",
+                             "--json", str(json_path)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+        left = testbed.leftovers(f"{bench.PREFIX_BASE}{proc.pid}n")
+        testbed.remove_leftovers(f"{bench.PREFIX_BASE}{proc.pid}n")
+    assert proc.returncode == 0, output
+    assert not any(left.values()), f"the bench left {left} behind"
+    results = json.loads(json_path.read_text())
+    assert list(results["systems"]) == ["weavefast", "vxlan"] and not results["errors"]
+    for system in ("weavefast", "vxlan"):
+        assert set(results["systems"][system]) == {"0", "10"}
+        assert all(row["tcp1_gbps"] > 0 for row in results["systems"][system].values())
+        assert results["systems"][system]["10"]["dropped"] > 0
+    assert results["systems"]["weavefast"]["10"]["sending"] == "segments"
+    assert "weavefast/vxlan" in output

@@ -69,6 +69,9 @@ class FakeDataplane:
     def set_peer_up(self, peer_id, up):
         self.peers[peer_id]["up"] = up
 
+    def set_peer_loss_reports(self, peer_id, understood):
+        self.peers[peer_id]["loss_reports"] = understood
+
     def set_route(self, dst_peer, via_peer):
         assert via_peer is None or via_peer in self.peers
         self.peers[dst_peer]["via"] = via_peer
@@ -120,6 +123,11 @@ class FakeDataplane:
 
     def peer_counters(self):
         return {pid: {"tx_frames": self.sent, "rx_frames": self.received} for pid in self.peers}
+
+    def peer_segments(self):
+        return {pid: {"segments": False, "loss_reported": False} for pid in self.peers}
+
+    segments_mode = "auto"
 
     def fdb_size(self):
         return 0
@@ -464,7 +472,8 @@ def test_partial_mesh_routes_through_the_middle_router():
             c.dp.blocked.add(1)
             await until(lambda: a.state("c") != ESTABLISHED and a.peer("c")["route"] == "via b",
                         "a reaches c through b")
-            assert a.dp.peers[3] == {"address": ("127.0.0.1", c.dp.port), "up": True, "via": 2}
+            assert a.dp.peers[3] == {"address": ("127.0.0.1", c.dp.port), "up": True, "via": 2,
+                                      "loss_reports": True}
             assert {r["name"]: r["via_name"] for r in a.cp.status()["routes"]} == {"b": None, "c": "b"}
     run(scenario())
 

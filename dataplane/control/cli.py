@@ -173,6 +173,13 @@ def format_status(status, now=None):
         transfer = _transfer(peer["counters"])
         if transfer:
             lines.append(f"  transfer: {transfer}")
+        segments = peer.get("segments")
+        if segments:
+            lost = peer["counters"].get("rx_lost_datagrams", 0)
+            lines.append(f"  tcp super-frames: as {segments['sending']} (--segments {segments['mode']}; "
+                         f"{peer['counters'].get('tx_segmented', 0)} sent as segments, "
+                         f"{lost} of its datagrams lost on the way here"
+                         + (", told it so" if segments["loss_reported"] else "") + ")")
         session = peer.get("session")
         if session and session["epoch"] is not None:
             lines.append(f"  session: {session['cipher']}, key epoch {session['epoch']}, "

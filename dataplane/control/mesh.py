@@ -477,6 +477,8 @@ class ControlPlane:
             peer.last_heard = peer.rtt = peer.udp_address = None
             peer.probe_sent_at = peer.suspect_since = None
             self._ensure_in_dataplane(peer, *peer.endpoint)
+            # version 2 takes the loss flag's bit for hops and drops what it relays with it
+            self.dp.set_peer_loss_reports(peer.peer_id, not conn.legacy)
             self._set_state(peer, CONNECTING)
             log.info("control connection with %s (peer id %d) at %s, protocol version %d",
                      identity.name, identity.peer_id, format_address(peer.endpoint), conn.version)
@@ -1094,6 +1096,7 @@ class ControlPlane:
 
     def status(self) -> dict:
         per_peer = self.dp.peer_counters()
+        modes = self.dp.peer_segments()
         names = {pid: s["name"] for pid, s in self.link_states.items()}
         peers = []
         for peer in sorted(self.peers, key=lambda p: (p.name or "", p.address)):
@@ -1108,6 +1111,7 @@ class ControlPlane:
                 "route": None if not route else "direct" if route[0] == peer.peer_id
                 else f"via {names.get(route[0], route[0])}",
                 "counters": per_peer.get(peer.peer_id, {}),
+                "segments": _segments_status(self.dp.segments_mode, modes.get(peer.peer_id)),
                 "heartbeats": peer.heartbeats,
                 "session": self._session_status(peer.conn),
                 "suspect": peer.suspect_since is not None,
@@ -1123,6 +1127,7 @@ class ControlPlane:
                        for dst, (via, hops) in sorted(self.routes.items())],
             "mac_table": {"size": self.dp.fdb_size()},
             "offloads": self.dp.status_offloads(),
+            "segments": self.dp.segments_mode,
             "counters": self.dp.counters(),
             "drops": self.dp.drops(),
             "bad_heartbeats": self.bad_heartbeats,
@@ -1137,3 +1142,12 @@ class ControlPlane:
             "refused": {reason: self.refused[reason] for reason in REFUSALS},
             "unauthenticated_connections": sum(self.admission.pending.values()),
         }
+
+
+def _segments_status(mode, state):
+    """How TCP super-frames go to a peer: {"mode": --segments, "sending":
+    "segments" | "fragments", "loss_reported": we tell the peer its datagrams
+    get lost on the way to us}."""
+    state = state or {}
+    return {"mode": mode, "sending": "segments" if state.get("segments") else "fragments",
+            "loss_reported": bool(state.get("loss_reported"))}

@@ -69,16 +69,29 @@ static inline int wf_replay_check(wf_replay *r, uint32_t gen, uint64_t c) {
 }
 
 /* After the tag verified: 1 when the counter is now marked, 0 for a replay (a
- * copy another thread opened meanwhile), -1 when the key was replaced. */
-static inline int wf_replay_accept(wf_replay *r, uint32_t gen, uint64_t c) {
+ * copy another thread opened meanwhile), -1 when the key was replaced.
+ * *gap tells the loss estimate what this counter says about the path: the
+ * counters it skipped above the highest one (datagrams lost, or late), -1
+ * for a late one filling a hole, 0 otherwise (also for the first of a key). */
+static inline int wf_replay_accept_gap(wf_replay *r, uint32_t gen, uint64_t c, int64_t *gap) {
     int ok = -1;
+    *gap = 0;
     wf_replay_lock(r);
     if (r->gen <= gen) {
         if (r->gen < gen) wf_replay_reset(r, gen);
+        uint64_t top = r->top;
         ok = wf_replay_update(r, c);
+        if (ok == 1 && top != 0)
+            *gap = c > top ? (int64_t)(c - top - 1 < WF_REPLAY_WINDOW ? c - top - 1 : WF_REPLAY_WINDOW)
+                           : -1;
     }
     wf_replay_unlock(r);
     return ok;
+}
+
+static inline int wf_replay_accept(wf_replay *r, uint32_t gen, uint64_t c) {
+    int64_t gap;
+    return wf_replay_accept_gap(r, gen, c, &gap);
 }
 
 #endif

@@ -1,12 +1,12 @@
 # The weavefast C headers: wire format, AEAD envelope, replay window, forwarding table.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int64_t, uint64_t
-from includes.system cimport iovec
+from includes.system cimport iovec, virtio_net_hdr
 
 cdef extern from "wire.h" nogil:
     enum:
         WF_MAGIC, WF_VERSION, WF_HEADER_LEN, WF_RECORD_HDR_LEN, WF_FRAG_HDR_LEN
         WF_VNET_HDR_LEN, WF_ETH_HLEN, WF_TYPE_FRAMES, WF_TYPE_FRAGMENT, WF_TYPE_CONTROL
-        WF_RFLAG_VNET, WF_MAX_HOPS, WF_MAX_MESSAGE
+        WF_RFLAG_VNET, WF_MAX_HOPS, WF_MAX_MESSAGE, WF_HOPS_MASK, WF_FLAG_LOSS
     enum:
         WF_OK, WF_DROP_SHORT, WF_DROP_BAD_MAGIC, WF_DROP_BAD_VERSION, WF_DROP_BAD_TYPE
         WF_DROP_BAD_LENGTH, WF_DROP_BAD_FRAGMENT, WF_DROP_UNKNOWN_PEER, WF_DROP_HOP_LIMIT
@@ -18,6 +18,7 @@ cdef extern from "wire.h" nogil:
         uint8_t type
         uint8_t lane
         uint8_t hops
+        uint8_t loss
         uint16_t key_id
         uint32_t src_peer
         uint32_t dst_peer
@@ -67,6 +68,7 @@ cdef extern from "replay.h" nogil:
     int wf_replay_fresh(const wf_replay *r, uint64_t c)
     int wf_replay_check(wf_replay *r, uint32_t gen, uint64_t c)
     int wf_replay_accept(wf_replay *r, uint32_t gen, uint64_t c)
+    int wf_replay_accept_gap(wf_replay *r, uint32_t gen, uint64_t c, int64_t *gap)
 
 cdef extern from "fdb.h" nogil:
     enum:
@@ -106,3 +108,18 @@ cdef extern from "uso.h" nogil:
     size_t wf_uso_payload(const uint8_t *eth, size_t n)
     int wf_uso_same_flow(const uint8_t *a, const uint8_t *b)
     void wf_uso_headers(uint8_t *out, const uint8_t *first, size_t segment, size_t total)
+
+cdef extern from "tso.h" nogil:
+    enum:
+        WF_TSO_HDR_MAX, WF_TSO_MAX_SEGMENTS, WF_TSO_MAX_SPLIT
+    ctypedef struct wf_tso_chain:
+        unsigned n
+        size_t hdr
+        size_t total
+        const uint8_t *first
+        iovec iov[1]
+    size_t wf_tso_plan(const virtio_net_hdr *vh, const uint8_t *eth, size_t n, size_t *mss)
+    void wf_tso_segment(uint8_t *out, const uint8_t *eth, size_t hdr, size_t mss, unsigned i,
+                        unsigned nseg, const uint8_t *payload, size_t len)
+    int wf_tso_join(wf_tso_chain *c, const uint8_t *eth, size_t n)
+    unsigned wf_tso_finish(wf_tso_chain *c, uint8_t *out)

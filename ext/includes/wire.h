@@ -25,6 +25,11 @@
 #define WF_RFLAG_VNET 1
 #define WF_MAX_HOPS 16
 #define WF_MAX_MESSAGE 262144
+/* The hops byte: the hop count in its low bits, and a flag in its top bit
+ * from the router that sealed the datagram: "datagrams from you get lost on
+ * the way to me; send TCP super-frames as segments" (docs/ARCHITECTURE.md). */
+#define WF_HOPS_MASK 0x7f
+#define WF_FLAG_LOSS 0x80
 
 /* Drop reasons; index 0 means "no drop". The order is the counter order. */
 enum wf_drop {
@@ -55,7 +60,8 @@ enum wf_drop {
 typedef struct {
     uint8_t type;
     uint8_t lane;        /* the sending worker: receivers steer on it */
-    uint8_t hops;
+    uint8_t hops;        /* the hop count, without WF_FLAG_LOSS */
+    uint8_t loss;        /* WF_FLAG_LOSS was set */
     uint16_t key_id;     /* the receiver's index of the session key */
     uint32_t src_peer;
     uint32_t dst_peer;
@@ -107,7 +113,8 @@ static inline int wf_get_header(const uint8_t *p, size_t len, wf_header *h) {
     if (p[3] < WF_TYPE_FRAMES || p[3] > WF_TYPE_CONTROL) return WF_DROP_BAD_TYPE;
     h->type = p[3];
     h->lane = p[4];
-    h->hops = p[5];
+    h->hops = p[5] & WF_HOPS_MASK;
+    h->loss = (p[5] & WF_FLAG_LOSS) != 0;
     h->key_id = wf_get16(p + 6);
     h->src_peer = wf_get32(p + 8);
     h->dst_peer = wf_get32(p + 12);
