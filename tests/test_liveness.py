@@ -54,6 +54,7 @@ def test_a_frozen_router_is_failed_everywhere_within_down_after_even_at_30_perce
     tb = mesh
     h4 = tb.hosts[3]
     others = tb.hosts[:3]
+    starved_before = {h.name: tb.status(h)["liveness"]["starved_periods"] for h in others}
     tb.set_loss(30)
     os.kill(h4.router.pid, signal.SIGSTOP)  # TCP still answers (the kernel does); the router does not
     frozen = time.monotonic()
@@ -65,8 +66,11 @@ def test_a_frozen_router_is_failed_everywhere_within_down_after_even_at_30_perce
                     seen[host.name] = time.monotonic() - frozen
             time.sleep(0.05)
         assert len(seen) == len(others), f"only {sorted(seen)} declared {h4.name} failed"
-        # each router's status is polled in turn: allow one round of polling on top
-        assert max(seen.values()) < DOWN_AFTER + 0.5, seen
+        # each router's status is polled in turn: allow one round of polling on top; a
+        # router starved of CPU (this machine runs the test too) holds back, and says so
+        starved = [h.name for h in others if tb.status(h)["liveness"]["starved_periods"] > starved_before[h.name]]
+        late = {name: s for name, s in seen.items() if s >= DOWN_AFTER + 0.5 and name not in starved}
+        assert not late, (seen, starved)
         errors = [peers(tb, h)[h4.netns]["last_error"] for h in others]
         assert all("no answer to data-path probes" in e for e in errors), errors
     finally:

@@ -188,8 +188,6 @@ class ControlPlane:
         self._push_pending = self._routes_pending = False
         self._routes_at = self._own_links_sent = 0.0
         self._next_sync = time.monotonic() + FIRST_SYNC
-        # Rounds start at a fixed offset per router, so the mesh's probes do not all go at once.
-        self._round_phase = config.peer_id % 1000 / 1000 * self.timings.probe_interval
         self._wake = asyncio.Event()
         # Data other subsystems announce through gossip (the Docker plugin's address ranges
         # and names): peer_id -> {"name", "version", "data": {key: value}}, ours included.
@@ -606,7 +604,7 @@ class ControlPlane:
             now = time.monotonic()
             try:
                 if now >= next_round:
-                    wall = time.time() - self._round_phase
+                    wall = time.time()  # rounds aligned across routers: a member waits at most one for its probe
                     next_round = now + timings.probe_interval - wall % timings.probe_interval
                     self._round(now, round(wall / timings.probe_interval))
                 fast = self._fast_round(now)
