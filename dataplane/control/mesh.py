@@ -188,7 +188,8 @@ class ControlPlane:
         self._push_pending = self._routes_pending = False
         self._routes_at = self._own_links_sent = 0.0
         self._next_sync = time.monotonic() + FIRST_SYNC
-        self._wake = asyncio.Event()
+        self._tick_handle = self._tick_due = None
+        self._next_round = 0.0
         # Data other subsystems announce through gossip (the Docker plugin's address ranges
         # and names): peer_id -> {"name", "version", "data": {key: value}}, ours included.
         self.announced = {config.peer_id: {"name": config.name, "version": time.time_ns(),
@@ -210,12 +211,14 @@ class ControlPlane:
         for spec in self.config.peers:
             self._add_target(parse_hostport(spec, self.config.port, "peer")).configured = True
         self._links_changed()
-        self._spawn(self._ticker())
+        self._schedule_tick(0)
         log.info("control plane of %s (peer id %d) listening on TCP port %d", self.me.name,
                  self.me.peer_id, self.config.port)
 
     async def stop(self):
         self._stopping = True
+        if self._tick_handle:
+            self._tick_handle.cancel()
         self._loop.remove_reader(self.dp.control_fd)
         self._server.close()
         for writer in list(self._writers):
@@ -597,33 +600,41 @@ class ControlPlane:
     # fast pings only to suspect and new peers. Version-2 peers get what they
     # expect instead: a heartbeat on the control connection and a ping every round.
 
-    async def _ticker(self):
+    def _tick(self):
+        """The liveness timer: a round every probe interval (aligned across routers on
+        the wall clock, so a member waits at most one for its probe), fast pings in
+        between while any peer needs them. A timer callback, not a task: an idle
+        router wakes twice a second and does little else."""
+        now = time.monotonic()
         timings = self.timings
-        next_round = 0.0
-        while True:
-            now = time.monotonic()
-            try:
-                if now >= next_round:
-                    wall = time.time()  # rounds aligned across routers: a member waits at most one for its probe
-                    next_round = now + timings.probe_interval - wall % timings.probe_interval
-                    self._round(now, round(wall / timings.probe_interval))
-                fast = self._fast_round(now)
-            except Exception:  # liveness must outlive a bug in one peer's bookkeeping
-                log.exception("liveness round failed")
-                fast = False
-            self._wake.clear()
-            wait = max(0.0, timings.fast_interval if fast else next_round - time.monotonic())
-            due = time.monotonic() + wait
-            try:
-                await asyncio.wait_for(self._wake.wait(), wait)
-            except TimeoutError:
-                lag = time.monotonic() - due
-                if lag > STARVED_LAG * timings.probe_interval:
-                    # This process did not get the CPU in time: neither did its
-                    # pings' answers. Declare no one failed until it has for a while.
-                    if time.monotonic() > self._starved_until:
-                        self.starved_periods += 1
-                    self._starved_until = time.monotonic() + self.config.down_after
+        if self._tick_due is not None and now - self._tick_due > STARVED_LAG * timings.probe_interval:
+            # This process did not get the CPU in time: neither did its pings'
+            # answers. Declare no one failed until it has for a while.
+            if now > self._starved_until:
+                self.starved_periods += 1
+            self._starved_until = now + self.config.down_after
+        try:
+            if now >= self._next_round:
+                wall = time.time()
+                self._next_round = now + timings.probe_interval - wall % timings.probe_interval
+                self._round(now, round(wall / timings.probe_interval))
+            fast = self._fast_round(now)
+        except Exception:  # liveness must outlive a bug in one peer's bookkeeping
+            log.exception("liveness round failed")
+            fast = False
+        self._schedule_tick(timings.fast_interval if fast else self._next_round - time.monotonic())
+
+    def _schedule_tick(self, delay):
+        if self._tick_handle:
+            self._tick_handle.cancel()
+        delay = max(0.0, delay)
+        self._tick_due = time.monotonic() + delay
+        self._tick_handle = self._loop.call_later(delay, self._tick)
+
+    def _wake(self):
+        """Fast pings are due now (a peer became suspect)."""
+        if self._tick_due is not None and self._tick_due - time.monotonic() > self.timings.fast_interval:
+            self._schedule_tick(0)
 
     def _round(self, now, round_number):
         down = self.config.down_after
@@ -682,7 +693,7 @@ class ControlPlane:
         peer.reported_by = reporter
         self.suspicions += 1
         log.debug("%s: suspect%s", peer.label, f" (reported by {reporter})" if reporter else "")
-        self._wake.set()
+        self._wake()
 
     def _on_suspect_report(self, reporter, peer_id):
         """Another router's probes of `peer_id` went unanswered: check it ourselves."""
@@ -828,7 +839,9 @@ class ControlPlane:
         if established is not None:  # a direct route at once: it takes frames now
             self.routes[established.peer_id] = (established.peer_id, 1)
             self._push_route(established, (True, None))
-        self._schedule_routes()
+            self._schedule_routes()
+        else:  # a link went down: frames go around it (or nowhere) at once
+            self._recompute_routes()
         self._push(("links", self.me.peer_id))
 
     def _schedule_routes(self):

@@ -236,7 +236,7 @@ class StatusServer:
 
         self._httpd = _BoundedServer(self.address, Handler)
         self.address = self._httpd.server_address[:2]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 1.0},
                                         name="weavefast-status", daemon=True)
         self._thread.start()
 
