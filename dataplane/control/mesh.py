@@ -31,7 +31,7 @@ MAX_PEERS_PER_ADDRESS = 4  # routers one IP address may bring in (several ports 
 MAX_LINK_STATES = messages.MAX_DIGEST
 GOSSIP_BATCH = 0.2  # seconds of changes one gossip message carries
 GOSSIP_FANOUT = 3  # routers an entry learned from another goes on to
-OWN_LINKS_HOLD = 1.0  # least seconds between sending our own link state
+OWN_LINKS_HOLD = (1.0, 0.05, 5.0)  # between sending our own link state: least, per peer, most
 SYNC_INTERVAL = 30.0  # between digest exchanges with one random peer (anti-entropy)
 FIRST_SYNC = 3.0  # the first one, after start
 STARVED_LAG = 0.25  # of a probe interval: a wake-up this late means the process was starved
@@ -911,11 +911,13 @@ class ControlPlane:
     def _flush_pushes(self):
         self._push_pending = False
         now = time.monotonic()
-        if ("links", self.me.peer_id) in self._outbox and now < self._own_links_sent + OWN_LINKS_HOLD:
-            # Our links change with every peer while a mesh forms: send them once a second.
+        least, per_peer, most = OWN_LINKS_HOLD
+        hold = min(most, max(least, per_peer * len(self.peers)))
+        if ("links", self.me.peer_id) in self._outbox and now < self._own_links_sent + hold:
+            # Our links change with every peer while a mesh forms, and go to every peer:
+            # sent at most every second, or every 3 s with 64 peers.
             self._outbox.pop(("links", self.me.peer_id))
-            self._loop.call_later(self._own_links_sent + OWN_LINKS_HOLD - now, self._push,
-                                  ("links", self.me.peer_id))
+            self._loop.call_later(self._own_links_sent + hold - now, self._push, ("links", self.me.peer_id))
         outbox, self._outbox = self._outbox, {}
         if ("links", self.me.peer_id) in outbox:
             self._own_links_sent = now
