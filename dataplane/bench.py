@@ -211,10 +211,9 @@ def run(args) -> int:
         "errors": {},
     }
     plan = [(v, [s for s in systems if s in v.systems] if args.matrix else systems) for v in variants]
-    previous_handlers = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     testbed.remove_leftovers(PREFIX_BASE)  # namespaces of a bench that was killed
     rounds = {(v.name, system): [] for v, chosen in plan for system in chosen}
-    try:
+    with _Interruptible() as stop:
         # in turns, so that a burst of load elsewhere on the machine hits one round of
         # each system rather than every round of one
         for turn in range(1, args.repeat + 1):
@@ -231,14 +230,8 @@ def run(args) -> int:
                     except BenchError as e:
                         print(f"{label}: FAILED: {e}", file=sys.stderr)
                         results["errors"][label] = str(e)
-    except _Interrupted as e:
-        print("interrupted; everything removed", file=sys.stderr)
-        return 128 + e.signum
-    finally:
-        # A signal may have cut a testbed's own teardown short: remove what is left.
-        testbed.remove_leftovers(f"{PREFIX_BASE}{os.getpid()}n")
-        for sig, handler in previous_handlers.items():
-            signal.signal(sig, handler)
+    if stop.signum:
+        return 128 + stop.signum
     results["load_average_after"] = os.getloadavg()
     if args.repeat > 1:
         results["rounds"] = {"/".join(key): runs for key, runs in rounds.items()}
@@ -308,6 +301,27 @@ def _missing_prerequisite(need_ethtool=False):
     return None
 
 
+class _Interruptible:
+    """Ctrl-C or SIGTERM inside the block unwinds it (each testbed tears itself
+    down) and is then reported; whatever the bench's namespaces left is removed."""
+
+    def __enter__(self):
+        self.signum = 0
+        self._previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        # A signal may have cut a testbed's own teardown short: remove what is left.
+        testbed.remove_leftovers(f"{PREFIX_BASE}{os.getpid()}n")
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        if isinstance(error, _Interrupted):
+            print("interrupted; everything removed", file=sys.stderr)
+            self.signum = error.signum
+            return True
+        return False
+
+
 def _interrupt(signum, frame):
     if os.getpid() != _main_pid:
         # A fork that inherited this handler (pyroute2 forks to make a socket in a
@@ -369,10 +383,9 @@ def run_loss(args, duration, router_args):
         "congestion_control": congestion, "router_args": router_args,
         "loss_percent": rates, "systems": {}, "errors": {},
     }
-    previous_handlers = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     testbed.remove_leftovers(PREFIX_BASE)
     rounds = {system: [] for system in systems}
-    try:
+    with _Interruptible() as stop:
         for turn in range(1, args.repeat + 1):
             for system in systems:
                 if system in results["errors"]:
@@ -384,13 +397,8 @@ def run_loss(args, duration, router_args):
                 except BenchError as e:
                     print(f"{system}: FAILED: {e}", file=sys.stderr)
                     results["errors"][system] = str(e)
-    except _Interrupted as e:
-        print("interrupted; everything removed", file=sys.stderr)
-        return 128 + e.signum
-    finally:
-        testbed.remove_leftovers(f"{PREFIX_BASE}{os.getpid()}n")
-        for sig, handler in previous_handlers.items():
-            signal.signal(sig, handler)
+    if stop.signum:
+        return 128 + stop.signum
     results["load_average_after"] = os.getloadavg()
     results["repeat"] = args.repeat
     if args.repeat > 1:

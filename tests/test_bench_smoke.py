@@ -21,15 +21,12 @@ def weavefast_bench(*args, env=None, timeout=180):
 
 
 @pytest.mark.root
-def test_quick_bench_of_weavefast_reports_every_figure(tmp_path):
-    reason = testbed.netns_available()
-    if reason:
-        pytest.skip(reason)
-    if shutil.which("iperf3") is None:
-        pytest.skip("needs iperf3: apt-get install iperf3")
-    json_path, png_path = tmp_path / "bench.json", tmp_path / "bench.png"
-    proc = subprocess.Popen([sys.executable, "-m", "dataplane", "bench", "--quick", "--only", "weavefast,weavefast-sealed",
-                             "--json", str(json_path), "--png", str(png_path)],
+
+def run_bench(tmp_path, *args):
+    """Runs `weavefast bench ARGS`; its output and JSON results, once it exited 0 and
+    left nothing behind."""
+    json_path = tmp_path / "bench.json"
+    proc = subprocess.Popen([sys.executable, "-m", "dataplane", "bench", *args, "--json", str(json_path)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         output, _ = proc.communicate(timeout=180)
@@ -39,8 +36,17 @@ def test_quick_bench_of_weavefast_reports_every_figure(tmp_path):
         testbed.remove_leftovers(f"{bench.PREFIX_BASE}{proc.pid}n")
     assert proc.returncode == 0, output
     assert not any(left.values()), f"the bench left {left} behind"
+    return output, json.loads(json_path.read_text())
 
-    results = json.loads(json_path.read_text())
+def test_quick_bench_of_weavefast_reports_every_figure(tmp_path):
+    reason = testbed.netns_available()
+    if reason:
+        pytest.skip(reason)
+    if shutil.which("iperf3") is None:
+        pytest.skip("needs iperf3: apt-get install iperf3")
+    png_path = tmp_path / "bench.png"
+    output, results = run_bench(tmp_path, "--quick", "--only", "weavefast,weavefast-sealed",
+                                "--png", str(png_path))
     assert list(results["systems"]) == ["weavefast", "weavefast-sealed"] and not results["errors"]
     for system, cipher in (("weavefast", "none"), ("weavefast-sealed", "aes-256-gcm chacha20-poly1305")):
         figures = results["systems"][system]
@@ -79,19 +85,7 @@ def test_quick_loss_bench_reports_each_rate_and_cleans_up(tmp_path):
         pytest.skip(reason)
     if shutil.which("iperf3") is None or shutil.which("nft") is None:
         pytest.skip("needs iperf3 and nft: apt-get install iperf3 nftables")
-    json_path = tmp_path / "loss.json"
-    proc = subprocess.Popen([sys.executable, "-m", "dataplane", "bench", "--quick", "--loss", "0,10",
-                             "--json", str(json_path)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        output, _ = proc.communicate(timeout=180)
-    finally:
-        proc.kill()
-        left = testbed.leftovers(f"{bench.PREFIX_BASE}{proc.pid}n")
-        testbed.remove_leftovers(f"{bench.PREFIX_BASE}{proc.pid}n")
-    assert proc.returncode == 0, output
-    assert not any(left.values()), f"the bench left {left} behind"
-    results = json.loads(json_path.read_text())
+    output, results = run_bench(tmp_path, "--quick", "--loss", "0,10")
     assert list(results["systems"]) == ["weavefast", "vxlan"] and not results["errors"]
     for system in ("weavefast", "vxlan"):
         assert set(results["systems"][system]) == {"0", "10"}
