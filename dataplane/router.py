@@ -236,21 +236,48 @@ async def serve(dp, control_config: ControlConfig, status_addr: str, plugin=None
         await control.stop()
 
 
+class _StoppedEarly(BaseException):
+    """SIGTERM or SIGINT before the event loop took them over (serve)."""
+
+
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="weavefast: %(message)s", stream=sys.stderr)
+    router_pid = os.getpid()
+
+    def stop_early(signum, frame):
+        if os.getpid() != router_pid:  # a fork (pyroute2 makes some) must just go
+            os._exit(128 + signum)
+        raise _StoppedEarly(signum)
+
+    previous = {}
+    try:
+        return _run(args, previous, stop_early)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(args, previous, stop_early) -> int:
+    dp = None
     try:
         require_root()   # before importing the engine: its dependencies may be installed for root only
         from dataplane.engine import Dataplane
 
         cfg, control, peers = config_from_args(args)
         membership = membership_from_args(args, control)
+        # From here a stop (even while the TAP and bridge are being made) removes what we made.
+        previous.update({sig: signal.signal(sig, stop_early) for sig in (signal.SIGINT, signal.SIGTERM)})
         dp = Dataplane(cfg)
         # the advertised address tells the underlay's family when no --peer does
         dp.open([host for host, _ in peers] + ([membership.me.host] if membership else []))
     except RouterError as e:
         print(f"weavefast router: {e}", file=sys.stderr)
         return 2
+    except _StoppedEarly:
+        if dp is not None:
+            dp.close()
+        return 0
     plugin = None
     try:
         if args.plugin:
@@ -283,6 +310,8 @@ def run(args) -> int:
     except RouterError as e:
         print(f"weavefast router: {e}", file=sys.stderr)
         return 2
+    except _StoppedEarly:
+        pass
     finally:
         if plugin is not None:
             plugin.close()
