@@ -34,6 +34,7 @@ GOSSIP_FANOUT = 3  # routers an entry learned from another goes on to
 OWN_LINKS_HOLD = (1.0, 0.05, 5.0)  # between sending our own link state: least, per peer, most
 SYNC_INTERVAL = 30.0  # between digest exchanges with one random peer (anti-entropy)
 FIRST_SYNC = 3.0  # the first one, after start
+SILENCE_ALLOWED = 0.9  # of --down-after since a suspect peer was last heard from
 STARVED_LAG = 0.25  # of a probe interval: a wake-up this late means the process was starved
 ROUTE_HOLD = 0.25  # least seconds between route computations
 DIAL_GRACE = 5.0  # a learned router with a lower peer id dials us; we dial it only after this
@@ -689,6 +690,9 @@ class ControlPlane:
                       deadline=sent_at + timings.report_after + timings.confirm_for)
 
     def _suspect(self, peer, since, report_at, deadline, reporter=None):
+        # A peer heard from lately (small meshes probe each peer often) gets nearly all
+        # of --down-after: a router stalled for two seconds is slow, not gone.
+        deadline = max(deadline, (peer.last_heard or 0) + SILENCE_ALLOWED * self.config.down_after)
         peer.suspect_since, peer.report_at, peer.suspect_deadline = since, report_at, deadline
         peer.reported_by = reporter
         self.suspicions += 1
