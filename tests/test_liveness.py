@@ -66,10 +66,11 @@ def test_a_frozen_router_is_failed_everywhere_within_down_after_even_at_30_perce
                     seen[host.name] = time.monotonic() - frozen
             time.sleep(0.05)
         assert len(seen) == len(others), f"only {sorted(seen)} declared {h4.name} failed"
-        # each router's status is polled in turn: allow one round of polling on top; a
-        # router starved of CPU (this machine runs the test too) holds back, and says so
+        # each router's status is polled in turn, on the 2-core machine that also runs
+        # the routers and the loss: allow a second for that; a router starved of CPU
+        # holds back, and says so
         starved = [h.name for h in others if tb.status(h)["liveness"]["starved_periods"] > starved_before[h.name]]
-        late = {name: s for name, s in seen.items() if s >= DOWN_AFTER + 0.5 and name not in starved}
+        late = {name: s for name, s in seen.items() if s >= DOWN_AFTER + 1.0 and name not in starved}
         assert not late, (seen, starved)
         errors = [peers(tb, h)[h4.netns]["last_error"] for h in others]
         assert all("no answer to data-path probes" in e for e in errors), errors

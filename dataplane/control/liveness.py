@@ -12,7 +12,7 @@ makes the peer *suspect*: it keeps its routes and frames while the prober
 pings it every `fast_interval`. Still silent one interval later, the prober
 tells every other router, which start pinging it too; each declares it
 failed only after its own `confirm_for` of silence (and never sooner than
-0.9 × `down_after` after it last heard from the peer, see mesh.py). A peer that answers any
+0.8 × `down_after` after it last heard from the peer, see mesh.py). A peer that answers any
 of these pings stops being suspect. With the default 3 s `--down-after`: a
 probe within 0.5 s of a death, the report 1 s later, failure everywhere 1 s
 after that; a live peer behind 30 % loss misses 30 pings in a row with
