@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from dataplane import __version__
+
 SUBCOMMANDS = {
     "router": ("dataplane.router", "run the overlay router on this host"),
     "demo": ("dataplane.demo", "two simulated hosts in network namespaces, end to end"),
@@ -28,6 +30,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="weavefast", description="A userspace overlay network for containers.",
         epilog="`weavefast COMMAND --help` describes each command.")
+    parser.add_argument("--version", action="version", version=f"weavefast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     chosen = next((a for a in argv if not a.startswith("-")), None)

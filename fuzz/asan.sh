@@ -14,6 +14,7 @@
 # build/asan/logs/; the run fails if the tests fail or if any report exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-/opt/weavefast/bin/python}  # the venv tools/setup.sh made
 root=$PWD
 out=$root/build/asan
 TESTS=${ASAN_TESTS:-tests/test_bad_input.py tests/test_memory.py tests/test_sealed.py}
@@ -23,7 +24,7 @@ rm -rf "$out/tree" "$out/logs"
 mkdir -p "$out/tree" "$out/logs"
 sanitize="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
 CC=clang LDSHARED="clang -shared" CFLAGS="-g -O1 $sanitize" LDFLAGS="$sanitize -shared-libasan" \
-  python3 setup.py -q build_ext --build-lib "$out/lib" --build-temp "$out/tmp" --force >"$out/build.log" 2>&1 ||
+  "$PYTHON" setup.py -q build_ext --build-lib "$out/lib" --build-temp "$out/tmp" --force >"$out/build.log" 2>&1 ||
   { cat "$out/build.log" >&2; echo "test-asan: building the ASan core failed" >&2; exit 1; }
 so=$(ls "$out"/lib/dataplane/_core*.so)
 nm -D "$so" | grep -q __asan_report || { echo "test-asan: $so is not instrumented" >&2; exit 1; }
@@ -46,7 +47,7 @@ run_tests() {
   LD_PRELOAD=$runtime \
   ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:log_path=$out/logs/sanitizer:print_summary=1" \
   UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$out/logs/sanitizer" \
-    python3 -m pytest -q -o cache_dir="$out/pytest-cache" "$@" $TESTS -k "$SELECT"
+    "$PYTHON" -m pytest -q -o cache_dir="$out/pytest-cache" "$@" $TESTS -k "$SELECT"
 }
 set +e
 run_tests

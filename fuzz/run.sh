@@ -12,9 +12,10 @@
 # build/fuzz/<target>.log; the script goes on with the other targets and
 # exits 1 at the end if any failed. Reproduce with
 #   build/fuzz/bin/fuzz_<target> build/fuzz/crashes/<target>/crash-...
-#   python3 fuzz/fuzz_<target>.py build/fuzz/crashes/<target>/crash-...
+#   /opt/weavefast/bin/python fuzz/fuzz_<target>.py build/fuzz/crashes/<target>/crash-...
 set -uo pipefail
 cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-/opt/weavefast/bin/python}  # the venv tools/setup.sh made
 SECONDS_EACH=${FUZZ_SECONDS:-600}
 C_TARGETS=(datagram rxpath reasm uso tso aead replay)
 PY_TARGETS=(control reference)
@@ -37,7 +38,7 @@ for t in "${targets[@]}"; do
     fi
     cmd=("$out/bin/fuzz_$t")
   elif [ -f "fuzz/fuzz_$t.py" ]; then
-    cmd=(python3 "fuzz/fuzz_$t.py")
+    cmd=("$PYTHON" "fuzz/fuzz_$t.py")
   else
     echo "fuzz: no target '$t' (have: ${C_TARGETS[*]} ${PY_TARGETS[*]})" >&2
     exit 2
