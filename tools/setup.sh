@@ -41,7 +41,7 @@ runtime=(iproute2 iputils-ping procps util-linux ethtool nftables iptables kmod)
 build=(python3 python3-venv python3-dev gcc libc6-dev libssl-dev ca-certificates make)
 tests=(iperf3 tcpdump busybox-static docker.io etcd-server systemd openssl)
 wanted=("${runtime[@]}" "${build[@]}" "${tests[@]}")
-installed=$(dpkg-query -W -f='${Package} ${Status}\n' "${wanted[@]}" 2>/dev/null |
+installed=$( (dpkg-query -W -f='${Package} ${Status}\n' "${wanted[@]}" 2>/dev/null || true) |
             awk '/install ok installed/ {print $1}')
 missing=()
 for p in "${wanted[@]}"; do
